@@ -1,0 +1,56 @@
+"""What every pipeline family offers the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+class PromptError(ValueError):
+    """The prompt cannot be drawn by this model (the message never quotes it)."""
+
+
+@dataclass(slots=True)
+class PipelineOutput:
+    images: list[Image.Image]
+    # Per prompt: how many of its words the model did not know (0 if it has no vocabulary).
+    ignored_words: list[int]
+
+
+class TextToImagePipeline(Protocol):
+    device: torch.device
+    dtype: torch.dtype
+
+    def check_prompt(self, prompt: str) -> int:
+        """Return how many words will be ignored; raise PromptError if nothing is drawable."""
+        ...
+
+    def __call__(
+        self,
+        prompts: list[str],
+        *,
+        negative_prompts: list[str | None],
+        generators: list[torch.Generator],
+        width: int,
+        height: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        init_images: list[Image.Image | None] | None = None,
+        mask_images: list[Image.Image | None] | None = None,
+        strength: float = 0.8,
+        step_callback: Callable[[int, int, torch.Tensor], bool] | None = None,
+    ) -> PipelineOutput:
+        """One image per prompt; prompts[i] is sampled with generators[i].
+
+        step_callback(step, total, latents) runs after each step; returning
+        False stops sampling (cancellation) and the call raises Cancelled.
+        """
+        ...
+
+
+class Cancelled(Exception):
+    """Sampling stopped because the caller asked it to."""

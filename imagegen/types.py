@@ -1,0 +1,56 @@
+"""The messages between the stages: request, progress, result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+# Called by a pipeline after each denoising step: (step, total, preview or None).
+StepCallback = Callable[[int, int, "Image.Image | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What decides whether two requests can share one pipeline call."""
+
+    model: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One request: `num_images` images of one prompt, seeds seed..seed+n-1."""
+
+    request_id: str
+    params: SamplingParams
+    prompt: str
+    negative_prompt: str | None
+    num_images: int
+    seed: int
+    # Image inputs (img2img / inpainting); held in memory only.
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    strength: float = 0.8
+    want_previews: bool = False
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    request_id: str
+    images: list[Image.Image]
+    seed: int
+    device_seconds: float
+    batch_size: int = 1
+    ignored_words: int = 0
+
+
+@dataclass(slots=True)
+class Progress:
+    step: int
+    total: int
+    preview: Image.Image | None = field(default=None, repr=False)
