@@ -1,0 +1,91 @@
+"""The loaded models and the worker of each device: what the web layer submits to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
+from imagegen.pipelines.base import TextToImagePipeline
+from imagegen.registry import ModelSpec, load_pipeline
+from imagegen.types import GenerationRequest, Progress
+from imagegen.worker import JobCanceled, Worker
+
+__all__ = ["Engine", "QueueFull"]
+
+
+class Engine:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        pipelines: Mapping[str, TextToImagePipeline],
+        queue_size: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.specs = dict(specs)
+        self.pipelines = dict(pipelines)
+        by_device: dict[str, dict[str, TextToImagePipeline]] = {}
+        for name, pipeline in self.pipelines.items():
+            by_device.setdefault(str(pipeline.device), {})[name] = pipeline
+        self._batchers: dict[str, Batcher] = {}
+        self._workers: dict[str, Worker] = {}
+        for device, device_pipelines in by_device.items():
+            batcher = Batcher(queue_size, self._max_batch)
+            self._batchers[device] = batcher
+            self._workers[device] = Worker(device, batcher, device_pipelines, on_batch)
+
+    @classmethod
+    def load(cls, specs: Mapping[str, ModelSpec], queue_size: int,
+             on_batch: Callable[[int, float], None] | None = None) -> Engine:
+        pipelines = {name: load_pipeline(spec) for name, spec in specs.items()}
+        return cls(specs, pipelines, queue_size, on_batch)
+
+    def _max_batch(self, model: str) -> int:
+        return self.specs[model].max_batch
+
+    def _batcher_for(self, model: str) -> Batcher:
+        return self._batchers[str(self.pipelines[model].device)]
+
+    def start(self) -> None:
+        for worker in self._workers.values():
+            worker.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for worker in self._workers.values():
+            worker.stop(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return all(worker.healthy for worker in self._workers.values())
+
+    def stuck_for(self) -> float:
+        """Seconds the longest-running batch has been running (0 when idle)."""
+        now = time.monotonic()
+        busy = [now - w.busy_since for w in self._workers.values() if w.busy_since is not None]
+        return max(busy, default=0.0)
+
+    def queue_depth(self) -> int:
+        return sum(batcher.depth() for batcher in self._batchers.values())
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        lane: Lane = Lane.INTERACTIVE,
+        on_progress: Callable[[Progress], None] | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Ticket:
+        """Queue a request. Raises QueueFull when its device's queue is full."""
+        deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+        ticket = Ticket(request=request, lane=lane, deadline=deadline, on_progress=on_progress)
+        self._batcher_for(request.params.model).submit(ticket)
+        return ticket
+
+    def position(self, ticket: Ticket) -> int | None:
+        return self._batcher_for(ticket.request.params.model).position(ticket.id)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Cancel a queued ticket at once, or a running one at its next step."""
+        ticket.cancel_requested = True
+        if self._batcher_for(ticket.request.params.model).cancel_queued(ticket.id) is not None:
+            if not ticket.future.done():
+                ticket.future.set_exception(JobCanceled())

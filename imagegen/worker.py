@@ -1,0 +1,221 @@
+"""The only code that touches a torch device: one thread per device runs batches.
+
+It reports step progress, honours cancellation and deadlines, times the device
+cost of each request, and recovers from out-of-memory by retrying once at a
+smaller batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from PIL import Image
+
+from imagegen.batcher import Batcher, Ticket
+from imagegen.pipelines.base import Cancelled, TextToImagePipeline
+from imagegen.types import GenerationResult, Progress
+
+log = logging.getLogger("imagegen.worker")
+
+# Previews are small on purpose: they travel in every SSE progress event.
+PREVIEW_SIZE = 64
+
+
+class DeviceOutOfMemory(Exception):
+    """The device ran out of memory even at a smaller batch."""
+
+
+class DeadlineExceeded(Exception):
+    """Sampling took longer than the request's deadline."""
+
+
+class PipelineFailed(Exception):
+    """The pipeline raised; the original error is not carried (it may hold content)."""
+
+
+class JobCanceled(Exception):
+    """The caller canceled the request."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
+
+
+def latents_preview(latents: torch.Tensor, index: int) -> torch.Tensor:
+    """A cheap RGB look at one image's latents: first three channels, scaled to [0, 1]."""
+    x = latents[index, :3].float()
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
+class Worker:
+    """Runs batches from a Batcher on one device until stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        batcher: Batcher,
+        pipelines: Mapping[str, TextToImagePipeline],
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.batcher = batcher
+        self.pipelines = pipelines
+        self.on_batch = on_batch  # (images in batch, device seconds), for metrics
+        self.healthy = True
+        self.busy_since: float | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is queued and running, then stop (SIGTERM drain)."""
+        self.batcher.close()
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.batcher.take(timeout=0.2)
+            if not batch:
+                if self._stopping.is_set():
+                    return
+                continue
+            self.busy_since = time.monotonic()
+            try:
+                self._run_batch(batch, allow_split=True)
+            finally:
+                self.busy_since = None
+
+    def _run_batch(self, batch: list[Ticket], allow_split: bool) -> None:
+        batch = [t for t in batch if not self._settle_canceled(t)]
+        if not batch:
+            return
+        try:
+            results = self._sample(batch)
+        except Cancelled:
+            for ticket in batch:
+                exc: Exception = DeadlineExceeded() if ticket.expired() else JobCanceled()
+                _fail(ticket, exc)
+            return
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                self._recover_from_oom(batch, allow_split)
+                return
+            # Only the type is logged: an exception message may quote a prompt.
+            log.error("pipeline failed", extra={"error_type": type(exc).__name__})
+            for ticket in batch:
+                _fail(ticket, PipelineFailed())
+            return
+        self.healthy = True
+        for ticket, result in zip(batch, results, strict=True):
+            if not self._settle_canceled(ticket) and not ticket.future.done():
+                ticket.future.set_result(result)
+
+    def _recover_from_oom(self, batch: list[Ticket], allow_split: bool) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if allow_split and len(batch) > 1:
+            half = len(batch) // 2
+            log.warning("out of memory; retrying at a smaller batch",
+                        extra={"batch_size": len(batch)})
+            self._run_batch(batch[:half], allow_split=False)
+            self._run_batch(batch[half:], allow_split=False)
+            return
+        for ticket in batch:
+            _fail(ticket, DeviceOutOfMemory())
+
+    @staticmethod
+    def _settle_canceled(ticket: Ticket) -> bool:
+        if ticket.cancel_requested:
+            _fail(ticket, JobCanceled())
+            return True
+        return False
+
+    def _sample(self, batch: list[Ticket]) -> list[GenerationResult]:
+        params = batch[0].request.params
+        pipeline = self.pipelines[params.model]
+        prompts: list[str] = []
+        negatives: list[str | None] = []
+        generators: list[torch.Generator] = []
+        init_images = []
+        mask_images = []
+        owners: list[int] = []
+        for index, ticket in enumerate(batch):
+            request = ticket.request
+            for offset in range(request.num_images):
+                prompts.append(request.prompt)
+                negatives.append(request.negative_prompt)
+                generator = torch.Generator(device=pipeline.device)
+                generators.append(generator.manual_seed(request.seed + offset))
+                init_images.append(request.init_image)
+                mask_images.append(request.mask_image)
+                owners.append(index)
+
+        def step_callback(step: int, total: int, latents: torch.Tensor) -> bool:
+            now = time.monotonic()
+            keep_going = False
+            for index, ticket in enumerate(batch):
+                if ticket.cancel_requested or ticket.expired(now):
+                    continue
+                keep_going = True
+                if ticket.on_progress is not None:
+                    preview = None
+                    if ticket.request.want_previews:
+                        preview = _to_preview(latents_preview(latents, owners.index(index)))
+                    ticket.on_progress(Progress(step=step, total=total, preview=preview))
+            return keep_going
+
+        has_inputs = any(image is not None for image in init_images)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = pipeline(
+                prompts,
+                negative_prompts=negatives,
+                generators=generators,
+                width=params.width,
+                height=params.height,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                init_images=init_images if has_inputs else None,
+                mask_images=mask_images if has_inputs else None,
+                strength=batch[0].request.strength,
+                step_callback=step_callback,
+            )
+        if pipeline.device.type == "cuda":
+            torch.cuda.synchronize(pipeline.device)
+        elapsed = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(len(prompts), elapsed)
+        results = []
+        for index, ticket in enumerate(batch):
+            mine = [i for i, owner in enumerate(owners) if owner == index]
+            results.append(
+                GenerationResult(
+                    request_id=ticket.id,
+                    images=[output.images[i] for i in mine],
+                    seed=ticket.request.seed,
+                    # Each request pays its share of the batch's device time.
+                    device_seconds=elapsed * len(mine) / len(prompts),
+                    batch_size=len(prompts),
+                    ignored_words=output.ignored_words[mine[0]],
+                )
+            )
+        return results
+
+
+def _fail(ticket: Ticket, exc: Exception) -> None:
+    if not ticket.future.done():
+        ticket.future.set_exception(exc)
+
+
+def _to_preview(rgb: torch.Tensor) -> Image.Image:
+    array = (rgb.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(array).resize((PREVIEW_SIZE, PREVIEW_SIZE), Image.Resampling.NEAREST)
