@@ -1,0 +1,22 @@
+"""Build the configured backend."""
+
+from pathlib import Path
+
+from store.base import DEFAULT_CLOCK, ArtifactStore, Clock
+from store.memory import MemoryStore
+
+BACKENDS = ("memory", "disk", "redis")
+
+
+def create_store(
+    backend: str,
+    *,
+    max_bytes: int,
+    clock: Clock = DEFAULT_CLOCK,
+    directory: Path | None = None,
+    redis_url: str | None = None,
+) -> ArtifactStore:
+    """A store of the named backend; a clear ValueError for a bad combination."""
+    if backend == "memory":
+        return MemoryStore(max_bytes=max_bytes, clock=clock)
+    raise ValueError(f"store backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

@@ -1,0 +1,182 @@
+"""The contract every backend keeps, run against each of them with the same tests."""
+
+import pytest
+
+from store import StoreFull, artifact_id
+from tests.store.conftest import FakeClock, MakeStore
+
+PNG = "image/png"
+
+
+async def test_put_then_get_returns_the_bytes_and_metadata(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    token, artifact = await store.put(b"payload", PNG, 60)
+
+    assert artifact.id == artifact_id(token) != token
+    assert (artifact.content_type, artifact.size) == (PNG, 7)
+    assert (artifact.created_at, artifact.expires_at) == (clock.now, clock.now + 60)
+    assert await store.get(token) == (artifact, b"payload")
+    assert await store.head(token) == artifact
+    assert artifact.seconds_left(clock.now + 45) == 15
+
+
+async def test_tokens_are_fresh_and_url_safe(make_store: MakeStore) -> None:
+    store = make_store()
+    tokens = {(await store.put(b"x", PNG, 60))[0] for _ in range(20)}
+
+    assert len(tokens) == 20
+    for token in tokens:
+        assert len(token) >= 32
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+async def test_unknown_token_is_none(make_store: MakeStore) -> None:
+    store = make_store()
+    await store.put(b"x", PNG, 60)
+
+    assert await store.get("no-such-token") is None
+    assert await store.head("no-such-token") is None
+    assert await store.delete("no-such-token") is False
+
+
+async def test_expired_is_never_served_even_before_a_sweep(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    token, _ = await store.put(b"x", PNG, 10)
+
+    clock.tick(9.999)
+    assert await store.get(token) is not None
+    clock.tick(0.001)
+    assert await store.get(token) is None
+    assert await store.head(token) is None
+    assert (await store.stats()).expired_total == 2
+
+
+async def test_sweep_removes_exactly_the_expired(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    short_token, short = await store.put(b"short", PNG, 10)
+    _, shorter = await store.put(b"shorter", PNG, 5)
+    long_token, long = await store.put(b"long", PNG, 100)
+
+    assert await store.sweep() == []
+    clock.tick(10)
+    assert sorted(await store.sweep()) == sorted([short.id, shorter.id])
+    assert await store.sweep() == []
+    assert await store.get(short_token) is None
+    assert await store.get(long_token) == (long, b"long")
+    stats = await store.stats()
+    assert (stats.count, stats.bytes, stats.swept_total) == (1, 4, 2)
+
+
+async def test_sweep_takes_an_explicit_now(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    _, artifact = await store.put(b"x", PNG, 10)
+
+    assert await store.sweep(clock.now + 9) == []
+    assert await store.sweep(clock.now + 10) == [artifact.id]
+
+
+async def test_sweep_reports_each_expiry(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    _, artifact = await store.put(b"x", PNG, 10)
+
+    swept = await store.sweep_expired(clock.now + 12)
+    assert [(s.artifact_id, s.expires_at) for s in swept] == [(artifact.id, artifact.expires_at)]
+
+
+async def test_delete_removes_at_once(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    token, _ = await store.put(b"x", PNG, 10)
+
+    assert await store.delete(token) is True
+    assert await store.get(token) is None
+    assert await store.delete(token) is False
+    clock.tick(10)
+    assert await store.sweep() == []
+    assert (await store.stats()).count == 0
+
+
+async def test_full_store_refuses_and_keeps_what_it_holds(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store(max_bytes=1000)
+    token, artifact = await store.put(b"a" * 600, PNG, 60)
+
+    with pytest.raises(StoreFull):
+        await store.put(b"b" * 401, PNG, 60)
+    assert await store.get(token) == (artifact, b"a" * 600)
+    stats = await store.stats()
+    assert (stats.count, stats.bytes, stats.max_bytes) == (1, 600, 1000)
+    await store.put(b"c" * 400, PNG, 60)  # exactly at the budget fits
+
+
+async def test_expired_artifacts_make_room(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store(max_bytes=1000)
+    await store.put(b"a" * 600, PNG, 10)
+    clock.tick(10)
+
+    token, _ = await store.put(b"b" * 600, PNG, 60)
+    assert await store.get(token) is not None
+    assert (await store.stats()).bytes == 600
+
+
+async def test_delete_frees_budget(make_store: MakeStore) -> None:
+    store = make_store(max_bytes=1000)
+    token, _ = await store.put(b"a" * 600, PNG, 60)
+    await store.delete(token)
+
+    await store.put(b"b" * 1000, PNG, 60)
+    assert (await store.stats()).bytes == 1000
+
+
+async def test_shorten_all_caps_and_never_extends(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    long_token, long = await store.put(b"long", PNG, 100)
+    short_token, short = await store.put(b"short", PNG, 10)
+
+    assert await store.shorten_all(50) == 1
+    assert (await store.head(long_token)).expires_at == clock.now + 50  # type: ignore[union-attr]
+    assert await store.head(short_token) == short
+    assert await store.shorten_all(1000) == 0
+    assert (await store.head(long_token)).expires_at == clock.now + 50  # type: ignore[union-attr]
+    assert long.expires_at == clock.now + 100  # the artifact handed out is not mutated
+
+
+async def test_shortened_artifact_expires_and_is_swept_once(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    token, artifact = await store.put(b"x", PNG, 100)
+    await store.shorten_all(20, now=clock.now + 5)
+
+    clock.tick(25)
+    assert await store.get(token) is None
+    assert await store.sweep() == [artifact.id]
+    clock.tick(100)
+    assert await store.sweep() == []
+
+
+async def test_a_ttl_change_never_revives(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    token, artifact = await store.put(b"x", PNG, 10)
+    clock.tick(11)
+
+    assert await store.shorten_all(10_000) == 0
+    assert await store.get(token) is None
+    assert await store.sweep() == [artifact.id]
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])
+async def test_bad_ttl_is_refused(make_store: MakeStore, ttl: float) -> None:
+    store = make_store()
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        await store.put(b"x", PNG, ttl)
+    assert (await store.stats()).count == 0
+
+
+async def test_ping_and_close(make_store: MakeStore) -> None:
+    store = make_store()
+    assert await store.ping() is True
