@@ -32,9 +32,7 @@ class ArtifactStore(Protocol):
     writes_to_disk: bool
     max_bytes: int
 
-    async def put(
-        self, data: bytes, content_type: str, ttl_seconds: float
-    ) -> tuple[str, Artifact]:
+    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
         """Store data for ttl_seconds; return the new capability token and the metadata."""
         ...
 

@@ -24,7 +24,13 @@ _COMPACT_SLACK = 1024
 
 class Catalog(Generic[P]):
     __slots__ = (
-        "_entries", "_heap", "_held", "_reserved", "expired_total", "max_bytes", "swept_total"
+        "_entries",
+        "_heap",
+        "_held",
+        "_reserved",
+        "expired_total",
+        "max_bytes",
+        "swept_total",
     )
 
     def __init__(self, max_bytes: int) -> None:

@@ -17,9 +17,7 @@ class MemoryStore:
         self._clock = clock
         self.max_bytes = max_bytes
 
-    async def put(
-        self, data: bytes, content_type: str, ttl_seconds: float
-    ) -> tuple[str, Artifact]:
+    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
         now = self._clock()
         token = new_token()
         artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds)

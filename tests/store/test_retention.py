@@ -1,0 +1,118 @@
+"""Retention policy: what a request may ask for, what operators may set, and the audit line."""
+
+import logging
+
+import pytest
+
+from store.retention import (
+    MemoryRetentionHolder,
+    ModelRetention,
+    RetentionPolicy,
+    TTLRejected,
+)
+
+POLICY = RetentionPolicy(
+    default_ttl_seconds=600,
+    max_ttl_seconds=3600,
+    models={"tiny": ModelRetention(default_ttl_seconds=60, max_ttl_seconds=120)},
+    batch_retention_seconds=1800,
+)
+
+
+def test_ttl_defaults_to_the_models_default() -> None:
+    assert POLICY.ttl_for("tiny", None) == 60
+    assert POLICY.ttl_for("other", None) == 600
+
+
+@pytest.mark.parametrize(("model", "requested"), [("tiny", 1), ("tiny", 60), ("other", 599.5)])
+def test_a_request_may_shorten(model: str, requested: float) -> None:
+    assert POLICY.ttl_for(model, requested) == requested
+
+
+@pytest.mark.parametrize("requested", [0, 0.5, 61, -5, float("nan"), float("inf")])
+def test_a_request_may_not_lengthen_or_vanish(requested: float) -> None:
+    with pytest.raises(TTLRejected, match=r"ttl_seconds must be between 1 and 60"):
+        POLICY.ttl_for("tiny", requested)
+
+
+def test_dict_round_trip_has_the_api_shape() -> None:
+    data = POLICY.to_dict()
+    assert data == {
+        "default_ttl_seconds": 600,
+        "max_ttl_seconds": 3600,
+        "models": {"tiny": {"default_ttl_seconds": 60, "max_ttl_seconds": 120}},
+        "batch_retention_seconds": 1800,
+    }
+    assert RetentionPolicy.from_dict(data) == POLICY
+    assert RetentionPolicy.from_json(POLICY.to_json()) == POLICY
+
+
+def test_a_partial_update_keeps_the_rest() -> None:
+    updated = RetentionPolicy.from_dict({"default_ttl_seconds": 30}, base=POLICY)
+    assert updated.default_ttl_seconds == 30
+    assert (updated.max_ttl_seconds, updated.models) == (3600, POLICY.models)
+
+
+def test_a_model_override_inherits_missing_limits() -> None:
+    policy = RetentionPolicy.from_dict(
+        {
+            "default_ttl_seconds": 10,
+            "max_ttl_seconds": 100,
+            "models": {"m": {"max_ttl_seconds": 50}},
+        }
+    )
+    assert policy.models["m"] == ModelRetention(10, 50)
+    assert policy.batch_retention_seconds == 3600
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"default_ttl_seconds": 10}, "max_ttl_seconds"),
+        ({"default_ttl_seconds": 200, "max_ttl_seconds": 100}, "default_ttl_seconds"),
+        ({"default_ttl_seconds": 0, "max_ttl_seconds": 100}, "default_ttl_seconds"),
+        ({"default_ttl_seconds": "10", "max_ttl_seconds": 100}, "default_ttl_seconds"),
+        ({"default_ttl_seconds": True, "max_ttl_seconds": 100}, "default_ttl_seconds"),
+        ({"default_ttl_seconds": 10, "max_ttl_seconds": -1}, "max_ttl_seconds"),
+        ({"default_ttl_seconds": 1, "max_ttl_seconds": 2, "ttl": 3}, "ttl"),
+        ({"default_ttl_seconds": 1, "max_ttl_seconds": 2, "models": []}, "models"),
+        (
+            {
+                "default_ttl_seconds": 1,
+                "max_ttl_seconds": 2,
+                "models": {"m": {"default_ttl_seconds": 9}},
+            },
+            "models.m.default_ttl_seconds",
+        ),
+        (
+            {"default_ttl_seconds": 1, "max_ttl_seconds": 2, "batch_retention_seconds": 0},
+            "batch_retention_seconds",
+        ),
+    ],
+)
+def test_a_bad_policy_names_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        RetentionPolicy.from_dict(data)
+
+
+def test_an_invalid_policy_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="default_ttl_seconds"):
+        RetentionPolicy(default_ttl_seconds=10, max_ttl_seconds=5)
+
+
+async def test_a_change_is_one_audit_line_with_actor_old_and_new(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    holder = MemoryRetentionHolder(POLICY)
+    new = RetentionPolicy(default_ttl_seconds=30, max_ttl_seconds=60)
+
+    with caplog.at_level(logging.INFO, logger="imagegen.audit"):
+        old = await holder.set(new, actor="admin")
+
+    assert old == POLICY
+    assert await holder.get() == new == holder.current
+    [record] = caplog.records
+    assert record.name == "imagegen.audit"
+    message = record.getMessage()
+    assert "admin" in message
+    assert POLICY.to_json() in message and new.to_json() in message
