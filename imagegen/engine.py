@@ -86,6 +86,6 @@ class Engine:
     def cancel(self, ticket: Ticket) -> None:
         """Cancel a queued ticket at once, or a running one at its next step."""
         ticket.cancel_requested = True
-        if self._batcher_for(ticket.request.params.model).cancel_queued(ticket.id) is not None:
-            if not ticket.future.done():
-                ticket.future.set_exception(JobCanceled())
+        queued = self._batcher_for(ticket.request.params.model).cancel_queued(ticket.id)
+        if queued is not None and not ticket.future.done():
+            ticket.future.set_exception(JobCanceled())

@@ -1,0 +1,86 @@
+"""Operator routes, behind IMAGEGEN_ADMIN_TOKEN (off entirely when no token is set)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from store.retention import RetentionPolicy
+from web.body import read_json_object
+from web.errors import ApiError, bad_request
+from web.routing import services_of
+
+NOT_FOUND = ApiError(404, "Not found.", code="not_found")
+
+
+def require_admin(request: Request) -> str:
+    """Return who is acting, for the audit line; 404 / 401 / 403 otherwise."""
+    expected = services_of(request).settings.admin_token
+    if not expected:
+        raise NOT_FOUND
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise ApiError(401, "An admin bearer token is required.", code="unauthorized",
+                       error_type="authentication_error",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise ApiError(403, "The admin token is not valid.", code="forbidden",
+                       error_type="permission_error")
+    client = request.client.host if request.client else "unknown"
+    return f"admin@{client}"
+
+
+async def get_retention(request: Request) -> JSONResponse:
+    require_admin(request)
+    policy = await services_of(request).retention.get()
+    return JSONResponse({**policy.to_dict(), "apply_to_existing": False})
+
+
+async def put_retention(request: Request) -> JSONResponse:
+    actor = require_admin(request)
+    services = services_of(request)
+    body = await read_json_object(request, 64 * 1024)
+    apply_to_existing = body.pop("apply_to_existing", False)
+    if not isinstance(apply_to_existing, bool):
+        raise bad_request("'apply_to_existing' must be true or false.", "apply_to_existing")
+    current = await services.retention.get()
+    try:
+        policy = RetentionPolicy.from_dict(body, base=current)
+    except ValueError as exc:
+        # Messages of the policy parser name fields and numbers only.
+        raise bad_request(str(exc), str(exc).split(" ")[0]) from None
+    await services.retention.set(policy, actor)
+    shortened = 0
+    if apply_to_existing:
+        shortened = await services.store.shorten_all(policy.default_ttl_seconds)
+    return JSONResponse({**policy.to_dict(), "apply_to_existing": apply_to_existing,
+                         "shortened": shortened})
+
+
+async def get_stats(request: Request) -> JSONResponse:
+    require_admin(request)
+    services = services_of(request)
+    stats = await services.store.stats()
+    sweeper = services.sweeper
+    return JSONResponse({
+        "store": {"backend": services.store.backend, "count": stats.count,
+                  "bytes": stats.bytes, "max_bytes": stats.max_bytes,
+                  "expired_reads": stats.expired_total, "swept": stats.swept_total},
+        "sweeper": {"interval_seconds": services.settings.sweep_interval,
+                    "last_sweep_at": sweeper.last_sweep_at,
+                    "last_max_lag_seconds": sweeper.last_max_lag_seconds},
+        "queue_depth": services.engine.queue_depth(),
+        "worker_healthy": services.engine.healthy,
+        "time": time.time(),
+    })
+
+
+routes = [
+    Route("/admin/retention", get_retention, methods=["GET"]),
+    Route("/admin/retention", put_retention, methods=["PUT"]),
+    Route("/admin/stats", get_stats, methods=["GET"]),
+]

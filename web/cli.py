@@ -1,0 +1,95 @@
+"""`imagegen serve` and `imagegen generate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from web.settings import Settings, SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagegen", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the HTTP service")
+    serve.add_argument("--host", help="address to bind (IMAGEGEN_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (IMAGEGEN_PORT, default 8000)")
+    serve.add_argument("--models", type=Path, help="models.toml (IMAGEGEN_MODELS)")
+    serve.add_argument("--ttl", type=int, help="default image TTL, seconds (IMAGEGEN_TTL)")
+    serve.add_argument("--max-ttl", type=int, help="maximum TTL, seconds (IMAGEGEN_MAX_TTL)")
+    serve.add_argument("--sweep-interval", type=float, help="seconds (IMAGEGEN_SWEEP_INTERVAL)")
+    serve.add_argument("--store", help="memory | disk | redis (IMAGEGEN_STORE)")
+    serve.add_argument("--store-dir", type=Path, help="disk backend dir (IMAGEGEN_STORE_DIR)")
+    serve.add_argument("--store-max-bytes", type=int, help="byte budget (IMAGEGEN_STORE_MAX_BYTES)")
+    serve.add_argument("--redis-url", help="redis://host:port/db (IMAGEGEN_REDIS_URL)")
+    serve.add_argument("--queue-size", type=int, help="queue slots (IMAGEGEN_QUEUE_SIZE)")
+    serve.add_argument("--batch-retention", type=int,
+                       help="bulk job retention, seconds (IMAGEGEN_BATCH_RETENTION)")
+    serve.add_argument("--public-url", help="base of image URLs (IMAGEGEN_PUBLIC_URL)")
+
+    generate = commands.add_parser("generate", help="generate once, with no server")
+    generate.add_argument("prompt")
+    generate.add_argument("-o", "--output", type=Path, required=True)
+    generate.add_argument("--model", help="a model of --models (default: the embedded one)")
+    generate.add_argument("--models", type=Path)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--size", help="WxH (default: the model's)")
+    generate.add_argument("--steps", type=int)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from web.app import create_app
+    from web.request_log import configure_logging
+
+    options = {name: getattr(args, name) for name in (
+        "host", "port", "models", "ttl", "max_ttl", "sweep_interval", "store", "store_dir",
+        "store_max_bytes", "redis_url", "queue_size", "batch_retention", "public_url")}
+    settings = Settings.load(**options)
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                access_log=False, log_config=None, server_header=False)
+
+
+def generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from imagegen.encode import encode_image
+    from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
+
+    specs = load_specs(args.models)
+    spec = specs.get(args.model or EMBEDDED_MODEL_NAME)
+    if spec is None:
+        raise SettingsError("--model names no model of the models file")
+    width, height = spec.default_size
+    if args.size:
+        width, height = (int(part) for part in args.size.lower().split("x"))
+    pipeline = load_pipeline(spec)
+    pipeline.check_prompt(args.prompt)
+    generator = torch.Generator(device=pipeline.device).manual_seed(args.seed)
+    output = pipeline([args.prompt], negative_prompts=[None], generators=[generator],
+                      width=width, height=height,
+                      num_inference_steps=args.steps or spec.default_steps,
+                      guidance_scale=spec.default_guidance)
+    suffix = args.output.suffix.lower().lstrip(".")
+    output_format = {"jpg": "jpeg"}.get(suffix, suffix if suffix in ("webp", "jpeg") else "png")
+    args.output.write_bytes(encode_image(output.images[0], output_format))
+    print(f"wrote {args.output} (seed {args.seed})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        serve(args) if args.command == "serve" else generate(args)
+    except (SettingsError, ValueError) as exc:
+        # One clear line naming the setting; no traceback.
+        print(f"imagegen: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

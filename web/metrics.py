@@ -1,0 +1,49 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LAG_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("imagegen_queue_depth", "Requests waiting for a device",
+                                 registry=r)
+        self.batch_size = Histogram("imagegen_batch_size", "Images per pipeline call",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.device_seconds = Histogram("imagegen_batch_device_seconds",
+                                        "Device time per pipeline call",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.request_seconds = Histogram("imagegen_request_seconds",
+                                         "Latency of generation requests",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("imagegen_images_generated", "Images generated", ["model"],
+                              registry=r)
+        self.store_bytes = Gauge("imagegen_store_bytes", "Payload bytes in the store",
+                                 registry=r)
+        self.store_count = Gauge("imagegen_store_artifacts", "Artifacts in the store",
+                                 registry=r)
+        self.expired_reads = Gauge("imagegen_store_expired_reads",
+                                   "Reads refused because the artifact had expired", registry=r)
+        self.swept = Gauge("imagegen_store_swept", "Artifacts removed by the sweeper",
+                           registry=r)
+        self.deletion_lag = Histogram("imagegen_deletion_lag_seconds",
+                                      "Time from expiry to physical removal",
+                                      buckets=LAG_BUCKETS, registry=r)
+
+    def batch_done(self, images: int, device_seconds: float) -> None:
+        """Called from a worker thread; prometheus_client is thread-safe."""
+        self.batch_size.observe(images)
+        self.device_seconds.observe(device_seconds)
+
+    def images_generated(self, model: str, count: int) -> None:
+        self.images.labels(model=model).inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

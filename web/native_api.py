@@ -1,0 +1,48 @@
+"""The native form: POST /v1/inference/{model}."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from web.body import read_json_object
+from web.generate import generate
+from web.generation_params import find_model, parse_native
+from web.openai_api import log_generation, usage
+from web.request_log import request_id_of
+from web.routing import public_base_url, services_of
+
+
+async def infer(request: Request) -> JSONResponse:
+    services = services_of(request)
+    started = time.perf_counter()
+    spec = find_model(services.engine.specs, request.path_params["model"], "")
+    body = await read_json_object(request, services.settings.max_body_bytes)
+    gen = parse_native(spec, body)
+    log_generation(request, gen, None)
+    generated = await generate(services, gen, request_id_of(request), public_base_url(request))
+    log_generation(request, gen, generated)
+    images = [
+        image.url if image.data is None
+        else f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+        for image in generated.images
+    ]
+    expiries = [image.expires_at for image in generated.images if image.expires_at is not None]
+    runtime_ms = round((time.perf_counter() - started) * 1000)
+    services.metrics.request_seconds.labels(route="native").observe(runtime_ms / 1000)
+    return JSONResponse({
+        "images": images,
+        "seed": generated.seed,
+        "request_id": generated.request_id,
+        "expires_at": min(expiries) if expiries else None,
+        "ignored_words": generated.ignored_words,
+        "inference_status": {"status": "succeeded", "runtime_ms": runtime_ms,
+                             "cost": usage(generated)["cost"]},
+    })
+
+
+routes = [Route("/v1/inference/{model}", infer, methods=["POST"])]

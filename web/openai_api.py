@@ -1,0 +1,99 @@
+"""The OpenAI-compatible surface: POST /v1/images/generations and GET /v1/models."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imagegen.registry import ModelSpec
+from web.body import read_json_object
+from web.generate import Generated, generate
+from web.generation_params import GenerationInput, find_model, parse_openai
+from web.request_log import log_fields, request_id_of
+from web.routing import public_base_url, services_of
+
+DEFAULT_MODEL_CREATED = 1_700_000_000
+
+
+def log_generation(request: Request, gen: GenerationInput, generated: Generated | None) -> None:
+    log_fields(request, model=gen.model, n=gen.n, width=gen.width, height=gen.height,
+               steps=gen.steps, guidance=gen.guidance, seed=gen.seed,
+               response_format=gen.response_format, output_format=gen.output_format)
+    if generated is not None:
+        log_fields(request, device_seconds=round(generated.device_seconds, 4),
+                   cost=round(generated.device_seconds, 4),
+                   queue_seconds=round(generated.queue_seconds, 4),
+                   batch_size=generated.batch_size, ignored_words=generated.ignored_words)
+
+
+def usage(generated: Generated) -> dict[str, float]:
+    # Cost is billed in device seconds: the resource the service actually spends.
+    seconds = round(generated.device_seconds, 4)
+    return {"device_seconds": seconds, "cost": seconds}
+
+
+async def create_image(request: Request) -> JSONResponse:
+    services = services_of(request)
+    started = time.perf_counter()
+    body = await read_json_object(request, services.settings.max_body_bytes)
+    spec = find_model(services.engine.specs, body.get("model"), services.default_model)
+    gen = parse_openai(spec, body)
+    log_generation(request, gen, None)
+    generated = await generate(services, gen, request_id_of(request), public_base_url(request))
+    log_generation(request, gen, generated)
+    data = [
+        {"b64_json": base64.b64encode(image.data).decode()} if image.data is not None
+        else {"url": image.url, "expires_at": image.expires_at}
+        for image in generated.images
+    ]
+    services.metrics.request_seconds.labels(route="openai").observe(time.perf_counter() - started)
+    return JSONResponse({
+        "created": generated.created,
+        "data": data,
+        "request_id": generated.request_id,
+        "seed": generated.seed,
+        "ignored_words": generated.ignored_words,
+        "usage": usage(generated),
+    })
+
+
+def describe_model(spec: ModelSpec, vocabulary: object) -> dict[str, object]:
+    return {
+        "id": spec.name,
+        "object": "model",
+        "created": DEFAULT_MODEL_CREATED,
+        "owned_by": "imagegen",
+        "description": spec.description,
+        "sizes": [f"{w}x{h}" for w, h in spec.sizes],
+        "default_size": f"{spec.default_size[0]}x{spec.default_size[1]}",
+        "defaults": {"num_inference_steps": spec.default_steps,
+                     "guidance_scale": spec.default_guidance},
+        "limits": {"max_n": spec.max_n, "max_inference_steps": spec.max_steps},
+        "examples": list(spec.examples),
+        "vocabulary": vocabulary,
+    }
+
+
+async def list_models(request: Request) -> JSONResponse:
+    engine = services_of(request).engine
+    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None))
+            for name, spec in engine.specs.items()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> JSONResponse:
+    engine = services_of(request).engine
+    spec = find_model(engine.specs, request.path_params["model"], "")
+    return JSONResponse(describe_model(spec, getattr(engine.pipelines[spec.name],
+                                                     "vocabulary", None)))
+
+
+routes = [
+    Route("/v1/images/generations", create_image, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model}", get_model, methods=["GET"]),
+]

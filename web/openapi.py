@@ -1,0 +1,136 @@
+"""GET /openapi.json: the public API as an OpenAPI 3.1 document (checked against the routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok: str, *errors: int, ok_status: str = "200") -> dict[str, Any]:
+    responses: dict[str, Any] = {ok_status: {"description": ok}}
+    for status in errors:
+        responses[str(status)] = {"description": "Error",
+                                  "content": {"application/json": {"schema": ERROR}}}
+    return responses
+
+
+GENERATION_FIELDS: dict[str, Any] = {
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+    "negative_prompt": {"type": "string", "maxLength": 4000},
+    "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+    "num_inference_steps": {"type": "integer", "minimum": 1},
+    "guidance_scale": {"type": "number", "minimum": 0, "maximum": 30},
+    "ttl_seconds": {"type": "integer", "minimum": 1},
+    "output_format": {"enum": ["png", "webp", "jpeg"]},
+}
+
+OPENAI_REQUEST = {
+    "type": "object", "required": ["prompt"],
+    "properties": {**GENERATION_FIELDS,
+                   "model": {"type": "string"},
+                   "n": {"type": "integer", "minimum": 1, "maximum": 8},
+                   "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+                   "response_format": {"enum": ["url", "b64_json"]}},
+}
+
+NATIVE_REQUEST = {
+    "type": "object", "required": ["prompt"],
+    "properties": {**GENERATION_FIELDS,
+                   "width": {"type": "integer"}, "height": {"type": "integer"},
+                   "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
+                   "output": {"enum": ["url", "data_url"]}},
+}
+
+RETENTION = {
+    "type": "object",
+    "properties": {"default_ttl_seconds": {"type": "number"},
+                   "max_ttl_seconds": {"type": "number"},
+                   "batch_retention_seconds": {"type": "number"},
+                   "models": {"type": "object"},
+                   "apply_to_existing": {"type": "boolean"}},
+}
+
+MODEL_PARAM = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+IMAGE_PARAMS = [
+    {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "ext", "in": "path", "required": True,
+     "schema": {"enum": ["png", "webp", "jpeg"]}},
+]
+ADMIN = [{"bearer": []}]
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/images/generations": {"post": {
+        "summary": "Generate images (OpenAI-compatible)",
+        "requestBody": _json_body(OPENAI_REQUEST),
+        "responses": _responses("Images", 400, 404, 413, 415, 429, 503)}},
+    "/v1/inference/{model}": {"post": {
+        "summary": "Generate images (native form)", "parameters": [MODEL_PARAM],
+        "requestBody": _json_body(NATIVE_REQUEST),
+        "responses": _responses("Images", 400, 404, 413, 415, 429, 503)}},
+    "/v1/models": {"get": {"summary": "List models", "responses": _responses("Models")}},
+    "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [MODEL_PARAM],
+                                   "responses": _responses("Model", 404)}},
+    "/i/{token}.{ext}": {
+        "get": {"summary": "An image, until it expires", "parameters": IMAGE_PARAMS,
+                "responses": {"200": {"description": "The image",
+                                      "content": {"image/*": {}}}, "404": {
+                    "description": "Unknown or expired"}}},
+        "head": {"summary": "An image's headers", "parameters": IMAGE_PARAMS,
+                 "responses": {"200": {"description": "Headers"},
+                               "404": {"description": "Unknown or expired"}}},
+        "delete": {"summary": "Delete an image now", "parameters": IMAGE_PARAMS,
+                   "responses": {"204": {"description": "Deleted"},
+                                 "404": {"description": "Unknown or expired"}}}},
+    "/admin/retention": {
+        "get": {"summary": "The retention policy", "security": ADMIN,
+                "responses": _responses("Policy", 401, 403, 404)},
+        "put": {"summary": "Change the retention policy", "security": ADMIN,
+                "requestBody": _json_body(RETENTION),
+                "responses": _responses("Policy", 400, 401, 403, 404)}},
+    "/admin/stats": {"get": {"summary": "Store and queue statistics", "security": ADMIN,
+                             "responses": _responses("Stats", 401, 403, 404)}},
+    "/healthz": {"get": {"summary": "Alive", "responses": _responses("Alive")}},
+    "/readyz": {"get": {"summary": "Ready", "responses": _responses("Ready", 503)}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": _responses("Metrics")}},
+    "/v1/privacy": {"get": {"summary": "The live privacy manifest",
+                            "responses": _responses("Manifest")}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": _responses("OpenAPI")}},
+    "/": {"get": {"summary": "Demo index", "responses": _responses("HTML")}},
+    "/models/{name}": {"get": {"summary": "Demo page of a model",
+                               "parameters": [{"name": "name", "in": "path", "required": True,
+                                               "schema": {"type": "string"}}],
+                               "responses": _responses("HTML", 404)}},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "imagegen", "version": "0.1.0",
+                 "description": "Image generation with ephemeral outputs."},
+        "paths": PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                               "param": {"type": ["string", "null"]},
+                               "code": {"type": ["string", "null"]}}}}}},
+        },
+    }
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(document())
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -1,0 +1,124 @@
+"""One JSON line per request, metadata only; and the last line of defence against 500s.
+
+Handlers add allowed fields (model, sampling parameters, cost) with
+`log_fields(request, ...)`; nothing else reaches the log. The path is logged
+as its route template, never as sent: image paths hold capability tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from web.errors import ApiError, error_response
+
+log = logging.getLogger("imagegen.request")
+
+# The only fields a request log line may carry.
+ALLOWED_FIELDS = frozenset({
+    "model", "n", "width", "height", "steps", "guidance", "seed", "scheduler",
+    "response_format", "output_format", "ttl_seconds", "device_seconds", "cost",
+    "queue_seconds", "batch_size", "ignored_words", "error_code", "lane", "job_id_hash",
+})
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def log_fields(request: Request, **fields: Any) -> None:
+    unknown = set(fields) - ALLOWED_FIELDS
+    if unknown:
+        raise ValueError(f"not loggable: {sorted(unknown)}")
+    request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
+
+
+class JsonLineFormatter(logging.Formatter):
+    """Message plus whitelisted extras; never exc_info (tracebacks quote values)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        for key in ("error_type", "batch_size", "request_id"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        return json.dumps(line, separators=(",", ":"))
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log prints whole URLs (with tokens); its error log prints
+    # tracebacks of failures that we already turn into JSON 500s.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+class RequestLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Type only: the message of an arbitrary exception may quote input.
+            log.error("unhandled error", extra={"error_type": type(exc).__name__,
+                                                "request_id": request_id})
+            if status == 0:
+                await error_response(ApiError(500, "Internal error.", code="internal_error",
+                                              error_type="server_error"))(
+                    scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            fields = {
+                "request_id": request_id,
+                "method": scope["method"],
+                "route": getattr(route, "path", "unmatched"),
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                **state.get("log_fields", {}),
+            }
+            log.info("request", extra={"fields": fields})
