@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from store.base import DEFAULT_CLOCK, ArtifactStore, Clock
+from store.disk import DiskStore
 from store.memory import MemoryStore
 
 BACKENDS = ("memory", "disk", "redis")
@@ -19,4 +20,8 @@ def create_store(
     """A store of the named backend; a clear ValueError for a bad combination."""
     if backend == "memory":
         return MemoryStore(max_bytes=max_bytes, clock=clock)
+    if backend == "disk":
+        if directory is None:
+            raise ValueError("the disk store needs a directory (IMAGEGEN_STORE_DIR)")
+        return DiskStore(directory, max_bytes=max_bytes, clock=clock)
     raise ValueError(f"store backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

@@ -7,7 +7,7 @@ import pytest
 
 from store import ArtifactStore, create_store
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "disk"]
 
 
 class FakeClock:
@@ -40,7 +40,9 @@ async def make_store(
     made: list[ArtifactStore] = []
 
     def make(max_bytes: int = 1_000_000) -> ArtifactStore:
-        store = create_store(backend, max_bytes=max_bytes, clock=clock)
+        store = create_store(
+            backend, max_bytes=max_bytes, clock=clock, directory=tmp_path / "artifacts"
+        )
         made.append(store)
         return store
 
