@@ -5,6 +5,7 @@ from pathlib import Path
 from store.base import DEFAULT_CLOCK, ArtifactStore, Clock
 from store.disk import DiskStore
 from store.memory import MemoryStore
+from store.redis import RedisStore
 
 BACKENDS = ("memory", "disk", "redis")
 
@@ -24,4 +25,8 @@ def create_store(
         if directory is None:
             raise ValueError("the disk store needs a directory (IMAGEGEN_STORE_DIR)")
         return DiskStore(directory, max_bytes=max_bytes, clock=clock)
+    if backend == "redis":
+        if not redis_url:
+            raise ValueError("the redis store needs a URL (IMAGEGEN_REDIS_URL)")
+        return RedisStore(redis_url, max_bytes=max_bytes, clock=clock)
     raise ValueError(f"store backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
