@@ -1,0 +1,136 @@
+"""BatchState: the pure queue, driven without threads, an event loop or a clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegen.batcher import BatchState, Lane, QueueFull, Ticket
+from imagegen.types import GenerationRequest, SamplingParams
+
+SMALL = SamplingParams("shapes", 32, 32, 2, 3.0)
+LARGE = SamplingParams("shapes", 64, 64, 2, 3.0)
+
+
+def ticket(name: str, params: SamplingParams = SMALL, n: int = 1,
+           lane: Lane = Lane.INTERACTIVE, seed: int = 0) -> Ticket:
+    request = GenerationRequest(request_id=name, params=params, prompt=f"prompt {name}",
+                                negative_prompt=None, num_images=n, seed=seed)
+    return Ticket(request=request, lane=lane)
+
+
+def ids(batch: list[Ticket]) -> list[str]:
+    return [t.id for t in batch]
+
+
+def test_a_lone_ticket_is_a_batch_of_one() -> None:
+    state = BatchState(capacity=4)
+    state.append(ticket("a"))
+    assert ids(state.next_batch(lambda model: 8)) == ["a"]
+    assert len(state) == 0
+    assert state.next_batch(lambda model: 8) == []
+
+
+def test_compatible_tickets_join_one_batch_and_keep_their_own_seed_and_prompt() -> None:
+    state = BatchState(capacity=8)
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        state.append(ticket(name, seed=seed))
+    batch = state.next_batch(lambda model: 8)
+    assert ids(batch) == ["a", "b", "c"]
+    assert [t.request.seed for t in batch] == [1, 2, 3]
+    assert [t.request.prompt for t in batch] == ["prompt a", "prompt b", "prompt c"]
+
+
+def test_incompatible_tickets_wait_for_their_own_batch_in_order() -> None:
+    state = BatchState(capacity=8)
+    state.append(ticket("a", SMALL))
+    state.append(ticket("b", LARGE))
+    state.append(ticket("c", SMALL))
+    state.append(ticket("d", LARGE))
+    assert ids(state.next_batch(lambda model: 8)) == ["a", "c"]
+    assert ids(state.next_batch(lambda model: 8)) == ["b", "d"]
+
+
+@pytest.mark.parametrize("field", ["width", "num_inference_steps", "guidance_scale", "model"])
+def test_any_differing_sampling_parameter_splits_batches(field: str) -> None:
+    other = {"width": 64, "num_inference_steps": 3, "guidance_scale": 5.0, "model": "other"}
+    changed = SamplingParams(**{**{f: getattr(SMALL, f) for f in SMALL.__slots__},
+                                field: other[field]})
+    state = BatchState(capacity=8)
+    state.append(ticket("a", SMALL))
+    state.append(ticket("b", changed))
+    assert ids(state.next_batch(lambda model: 8)) == ["a"]
+    assert ids(state.next_batch(lambda model: 8)) == ["b"]
+
+
+def test_a_batch_holds_at_most_max_images_counting_each_requests_n() -> None:
+    state = BatchState(capacity=8)
+    state.append(ticket("a", n=2))
+    state.append(ticket("b", n=2))
+    state.append(ticket("c", n=1))
+    state.append(ticket("d", n=1))
+    # a(2) + b(2) fill 4 of 5; c(1) fits; d no longer does.
+    assert ids(state.next_batch(lambda model: 5)) == ["a", "b", "c"]
+    assert ids(state.next_batch(lambda model: 5)) == ["d"]
+
+
+def test_a_smaller_request_behind_one_that_does_not_fit_still_joins() -> None:
+    state = BatchState(capacity=8)
+    state.append(ticket("a", n=3))
+    state.append(ticket("b", n=3))
+    state.append(ticket("c", n=1))
+    assert ids(state.next_batch(lambda model: 4)) == ["a", "c"]
+    assert ids(state.next_batch(lambda model: 4)) == ["b"]
+
+
+def test_the_limit_is_asked_per_model() -> None:
+    state = BatchState(capacity=8)
+    other = SamplingParams("other", 32, 32, 2, 3.0)
+    for name in "abc":
+        state.append(ticket(name, other))
+    limits = {"shapes": 8, "other": 2}
+    assert ids(state.next_batch(limits.__getitem__)) == ["a", "b"]
+
+
+def test_interactive_goes_before_bulk_and_they_never_share_a_batch() -> None:
+    state = BatchState(capacity=8)
+    state.append(ticket("bulk1", lane=Lane.BULK))
+    state.append(ticket("live1"))
+    state.append(ticket("bulk2", lane=Lane.BULK))
+    state.append(ticket("live2"))
+    assert ids(state.next_batch(lambda model: 8)) == ["live1", "live2"]
+    assert ids(state.next_batch(lambda model: 8)) == ["bulk1", "bulk2"]
+
+
+def test_each_lane_is_bounded_on_its_own() -> None:
+    state = BatchState(capacity=2)
+    state.append(ticket("a"))
+    state.append(ticket("b"))
+    with pytest.raises(QueueFull):
+        state.append(ticket("c"))
+    state.append(ticket("bulk", lane=Lane.BULK))
+    assert len(state) == 3
+    assert state.depth(Lane.INTERACTIVE) == 2
+    assert state.depth(Lane.BULK) == 1
+
+
+def test_positions_count_interactive_first_and_removal_closes_the_gap() -> None:
+    state = BatchState(capacity=8)
+    assert state.append(ticket("bulk", lane=Lane.BULK)) == 1
+    assert state.append(ticket("a")) == 1
+    assert state.append(ticket("b")) == 2
+    assert state.position("bulk") == 3
+    removed = state.remove("a")
+    assert removed is not None and removed.id == "a"
+    assert state.position("b") == 1
+    assert state.position("bulk") == 2
+    assert state.position("a") is None
+    assert state.remove("a") is None
+
+
+def test_a_full_queue_has_room_again_once_a_batch_is_taken() -> None:
+    state = BatchState(capacity=2)
+    state.append(ticket("a"))
+    state.append(ticket("b"))
+    state.next_batch(lambda model: 8)
+    state.append(ticket("c"))
+    assert ids(state.next_batch(lambda model: 8)) == ["c"]
