@@ -6,6 +6,8 @@ from store.base import DEFAULT_CLOCK, ArtifactStore, Clock
 from store.disk import DiskStore
 from store.memory import MemoryStore
 from store.redis import RedisStore
+from store.redis_retention import RedisRetentionHolder
+from store.retention import MemoryRetentionHolder, RetentionHolder, RetentionPolicy
 
 BACKENDS = ("memory", "disk", "redis")
 
@@ -30,3 +32,12 @@ def create_store(
             raise ValueError("the redis store needs a URL (IMAGEGEN_REDIS_URL)")
         return RedisStore(redis_url, max_bytes=max_bytes, clock=clock)
     raise ValueError(f"store backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+
+
+def create_retention_holder(
+    policy: RetentionPolicy, *, redis_url: str | None = None
+) -> RetentionHolder:
+    """Shared through Redis when a URL is given (replicas), else this process's own."""
+    if redis_url:
+        return RedisRetentionHolder(redis_url, policy)
+    return MemoryRetentionHolder(policy)

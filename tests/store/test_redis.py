@@ -1,0 +1,161 @@
+"""What only the Redis backend promises: Redis expires by itself, a budget shared by
+replicas, fast failure when Redis is lost and recovery when it is back, and a
+retention policy every replica sees."""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from store import StoreFull, StoreUnavailable
+from store.redis import RedisStore
+from store.redis_retention import RedisRetentionHolder
+from store.retention import RetentionPolicy
+from tests.store.conftest import FakeClock, RedisServer, needs_redis
+
+pytestmark = [pytest.mark.redis, needs_redis]
+PNG = "image/png"
+POLICY = RetentionPolicy(default_ttl_seconds=600, max_ttl_seconds=3600)
+
+
+def artifact_keys(url: str) -> list[bytes]:
+    with redis.Redis.from_url(url) as client:
+        return sorted(client.scan_iter(match="imagegen:artifact:*"))
+
+
+async def test_redis_drops_the_artifact_by_itself(redis_url: str) -> None:
+    store = RedisStore(redis_url, max_bytes=10_000)
+    _, artifact = await store.put(b"x", PNG, 0.15)
+    assert artifact_keys(redis_url) == [f"imagegen:artifact:{artifact.id}".encode()]
+
+    await asyncio.sleep(0.3)
+    assert artifact_keys(redis_url) == []  # no sweep ran: Redis expired it
+    await store.close()
+
+
+async def test_replicas_share_the_byte_budget(redis_url: str, clock: FakeClock) -> None:
+    a = RedisStore(redis_url, max_bytes=1000, clock=clock)
+    b = RedisStore(redis_url, max_bytes=1000, clock=clock)
+    token, artifact = await a.put(b"a" * 600, PNG, 10)
+
+    with pytest.raises(StoreFull):
+        await b.put(b"b" * 600, PNG, 60)
+    assert await b.get(token) == (artifact, b"a" * 600)  # any replica serves any URL
+
+    clock.tick(10)
+    await b.put(b"b" * 600, PNG, 60)  # b swept a's expired artifact to make room
+    assert (await a.stats()).bytes == 600
+    await a.close()
+    await b.close()
+
+
+async def test_shortening_lowers_redis_own_expiry(redis_url: str, clock: FakeClock) -> None:
+    store = RedisStore(redis_url, max_bytes=10_000, clock=clock)
+    _, artifact = await store.put(b"x", PNG, 3600)
+    await store.shorten_all(30)
+
+    with redis.Redis.from_url(redis_url) as client:
+        left = client.pttl(f"imagegen:artifact:{artifact.id}")
+    assert 29_000 < left <= 30_000
+    await store.close()
+
+
+async def test_nothing_expired_is_served_even_if_redis_still_holds_it(
+    redis_url: str, clock: FakeClock
+) -> None:
+    store = RedisStore(redis_url, max_bytes=10_000, clock=clock)
+    token, artifact = await store.put(b"x", PNG, 60)
+    clock.tick(61)  # our clock says expired; Redis's real clock has not moved a minute
+
+    assert len(artifact_keys(redis_url)) == 1
+    assert await store.get(token) is None
+    assert await store.head(token) is None
+    await store.close()
+
+
+@pytest.fixture
+async def own_server() -> AsyncIterator[RedisServer]:
+    """A server of this test's own, so stopping it disturbs no other test."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_lost_redis_fails_fast_and_recovers(
+    own_server: RedisServer, clock: FakeClock
+) -> None:
+    store = RedisStore(own_server.url, max_bytes=10_000, clock=clock)
+    token, artifact = await store.put(b"x", PNG, 600)
+    own_server.stop()
+
+    started = time.monotonic()
+    for call in (store.get(token), store.put(b"y", PNG, 60), store.delete(token), store.sweep()):
+        with pytest.raises(StoreUnavailable):
+            await call
+    assert await store.ping() is False
+    assert time.monotonic() - started < 2.0
+
+    own_server.start()  # empty: persistence is off, so what it held is gone
+    assert await store.ping() is True
+    assert await store.get(token) is None
+    token, artifact = await store.put(b"z", PNG, 60)
+    assert await store.get(token) == (artifact, b"z")
+    await store.close()
+
+
+async def test_a_retention_change_reaches_every_replica(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="imagegen.audit")
+    one = RedisRetentionHolder(redis_url, POLICY)
+    two = RedisRetentionHolder(redis_url, RetentionPolicy(10, 20))  # its own start-up settings
+    await one.start()
+    await two.start()
+    assert two.current == POLICY  # the first replica seeded the shared policy
+
+    changed = RetentionPolicy(default_ttl_seconds=30, max_ttl_seconds=60)
+    started = time.monotonic()
+    await one.set(changed, actor="admin")
+    while two.current != changed and time.monotonic() - started < 1.0:
+        await asyncio.sleep(0.01)
+
+    assert await two.get() == changed
+    audit = [r for r in caplog.records if r.name == "imagegen.audit"]
+    assert len(audit) == 1  # logged where the change was made, not once per replica
+    await one.stop()
+    await two.stop()
+
+
+async def test_a_retention_follower_resyncs_when_redis_returns(own_server: RedisServer) -> None:
+    holder = RedisRetentionHolder(own_server.url, POLICY)
+    await holder.start()
+    own_server.stop()
+    own_server.start()  # empty: persistence is off
+
+    async with asyncio.timeout(2):  # the follower re-reads and seeds the empty Redis again
+        while not await holder._client.exists("imagegen:retention"):
+            await asyncio.sleep(0.05)
+    other = RedisRetentionHolder(own_server.url, POLICY)
+    await other.start()
+    changed = RetentionPolicy(default_ttl_seconds=5, max_ttl_seconds=5)
+    await other.set(changed, actor="admin")
+    async with asyncio.timeout(1):  # and listens again
+        while holder.current != changed:
+            await asyncio.sleep(0.01)
+    await holder.stop()
+    await other.stop()
+
+
+async def test_a_retention_change_needs_redis(own_server: RedisServer) -> None:
+    holder = RedisRetentionHolder(own_server.url, POLICY)
+    await holder.start()
+    own_server.stop()
+
+    with pytest.raises(StoreUnavailable):
+        await holder.set(RetentionPolicy(1, 2), actor="admin")
+    assert holder.current == POLICY
+    await holder.stop()
