@@ -45,20 +45,25 @@ async def create_image(request: Request) -> JSONResponse:
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request))
     log_generation(request, gen, generated)
+    services.metrics.request_seconds.labels(route="openai").observe(time.perf_counter() - started)
+    return JSONResponse(images_response(generated))
+
+
+def images_response(generated: Generated) -> dict[str, object]:
+    """OpenAI's images response (generations and edits alike)."""
     data = [
         {"b64_json": base64.b64encode(image.data).decode()} if image.data is not None
         else {"url": image.url, "expires_at": image.expires_at}
         for image in generated.images
     ]
-    services.metrics.request_seconds.labels(route="openai").observe(time.perf_counter() - started)
-    return JSONResponse({
+    return {
         "created": generated.created,
         "data": data,
         "request_id": generated.request_id,
         "seed": generated.seed,
         "ignored_words": generated.ignored_words,
         "usage": usage(generated),
-    })
+    }
 
 
 def describe_model(spec: ModelSpec, vocabulary: object) -> dict[str, object]:
