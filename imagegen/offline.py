@@ -16,6 +16,8 @@ _OFFLINE_SWITCHES = {
     "HF_HUB_DISABLE_UPDATE_CHECK": "1",
     "DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
+    # diffusers' warnings (e.g. about optional accelerate) are noise in a service log.
+    "DIFFUSERS_VERBOSITY": "error",
 }
 
 for _name, _value in _OFFLINE_SWITCHES.items():

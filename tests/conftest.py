@@ -6,8 +6,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import torch
 
 from tests.helpers import running_app
+
+# Tests run many tiny generations beside other threads (encoders, servers): one
+# intra-op thread avoids oversubscribing a small machine, which costs up to 10x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
