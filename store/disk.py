@@ -58,7 +58,7 @@ class DiskStore:
             sealing.forget(key)
             writing.add_done_callback(partial(_remove_after, path))
             if isinstance(exc, OSError):
-                raise StoreUnavailable("the store directory cannot be written") from None
+                raise StoreUnavailable("the store directory cannot be written") from exc
             raise
         self._catalog.insert(artifact, key)
         return token, artifact
