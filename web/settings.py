@@ -29,6 +29,8 @@ class Settings:
     redis_url: str | None = None
     queue_size: int = 32
     batch_retention: int = 3600
+    # Encrypted bulk inputs and outputs; default: a private dir under the temp root.
+    batch_dir: Path | None = None
     public_url: str | None = None
     # Hard caps on what a client may send.
     max_body_bytes: int = 16 * 1024 * 1024
