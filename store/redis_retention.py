@@ -38,6 +38,7 @@ class RedisRetentionHolder:
         self._synced = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
         self._reconnected = False
+        self._lost = False  # so an outage is logged once, not every retry
 
     @property
     def current(self) -> RetentionPolicy:
@@ -77,7 +78,9 @@ class RedisRetentionHolder:
             try:
                 await self._listen()
             except (RedisError, OSError):
-                log.warning("retention follower lost redis; retrying")
+                if not self._lost:
+                    log.warning("retention follower lost redis; retrying")
+                    self._lost = True
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _listen(self) -> None:
@@ -87,6 +90,9 @@ class RedisRetentionHolder:
             pubsub.connection.register_connect_callback(self._on_reconnect)
             await self._sync()
             self._synced.set()
+            if self._lost:
+                log.info("retention follower reached redis again")
+                self._lost = False
             loop = asyncio.get_running_loop()
             next_sync = loop.time() + RESYNC_SECONDS
             while True:
