@@ -14,8 +14,8 @@ from imagegen.encode import Encoder
 from imagegen.engine import Engine
 from imagegen.pipelines.base import TextToImagePipeline
 from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
-from store import Clock, create_store
-from store.retention import MemoryRetentionHolder, RetentionPolicy
+from store import Clock, create_retention_holder, create_store
+from store.retention import RetentionPolicy
 from store.sweeper import Sweeper
 from web import admin, demo, images, native_api, openai_api, openapi, ops
 from web.errors import exception_handlers
@@ -59,7 +59,9 @@ def create_app(
         engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline)
         store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
                              directory=settings.store_dir, redis_url=settings.redis_url)
-        retention = MemoryRetentionHolder(initial_policy(settings))
+        # Replicas sharing a Redis store share the policy too: a change on one applies on all.
+        shared_url = settings.redis_url if settings.store == "redis" else None
+        retention = create_retention_holder(initial_policy(settings), redis_url=shared_url)
         sweeper = Sweeper(store, settings.sweep_interval, clock)
         sweeper.lag_observer = metrics.deletion_lag.observe
         services = Services(settings=settings, engine=engine, store=store,
