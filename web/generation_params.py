@@ -129,17 +129,19 @@ def _common(spec: ModelSpec, body: dict[str, Any], n_field: str) -> dict[str, An
 
 
 def parse_openai(spec: ModelSpec, body: dict[str, Any]) -> GenerationInput:
+    common = _common(spec, body, "n")
     width, height = parse_size(spec, body)
     return GenerationInput(
         width=width,
         height=height,
         output_format=get_choice(body, "output_format", "png", OUTPUT_FORMATS),
         response_format=get_choice(body, "response_format", "url", ("url", "b64_json")),
-        **_common(spec, body, "n"),
+        **common,
     )
 
 
 def parse_native(spec: ModelSpec, body: dict[str, Any]) -> GenerationInput:
+    common = _common(spec, body, "num_images")
     default_width, default_height = spec.default_size
     width = get_int(body, "width", default_width, 1, 16384)
     height = get_int(body, "height", default_height, 1, 16384)
@@ -151,7 +153,7 @@ def parse_native(spec: ModelSpec, body: dict[str, Any]) -> GenerationInput:
         height=height,
         output_format=get_choice(body, "output_format", "png", OUTPUT_FORMATS),
         response_format=output,
-        **_common(spec, body, "num_images"),
+        **common,
     )
 
 

@@ -1,0 +1,59 @@
+"""Admin routes: off without a configured token; 401 without one, 403 with a wrong one."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import ADMIN_TOKEN, make_settings, running_app
+
+ROUTES = [("GET", "/admin/retention"), ("PUT", "/admin/retention"), ("GET", "/admin/stats")]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_missing_and_wrong_token(client: httpx.AsyncClient, method: str, path: str) -> None:
+    body = {"default_ttl_seconds": 5}
+    missing = await client.request(method, path, json=body)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await client.request(method, path, json=body,
+                                 headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 403
+    policy = await client.get("/admin/retention",
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert policy.json()["default_ttl_seconds"] != 5  # nothing changed
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_admin_is_off_without_a_configured_token(method: str, path: str) -> None:
+    async with running_app(make_settings(admin_token=None)) as client:
+        response = await client.request(method, path, json={},
+                                        headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 404
+
+
+async def test_retention_round_trip(client: httpx.AsyncClient) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {"default_ttl_seconds": 120, "max_ttl_seconds": 7200,
+            "models": {"shapes": {"default_ttl_seconds": 30}}}
+    put = await client.put("/admin/retention", headers=headers, json=body)
+    assert put.status_code == 200
+    got = (await client.get("/admin/retention", headers=headers)).json()
+    assert got["default_ttl_seconds"] == 120 and got["max_ttl_seconds"] == 7200
+    assert got["models"]["shapes"]["default_ttl_seconds"] == 30
+    assert got["apply_to_existing"] is False
+    image = await client.post("/v1/images/generations", json={
+        "prompt": "a red circle", "size": "32x32", "num_inference_steps": 2})
+    data = image.json()
+    assert round(data["data"][0]["expires_at"] - data["created"]) in (29, 30)
+
+
+@pytest.mark.parametrize("body", [
+    {"default_ttl_seconds": "long"}, {"default_ttl_seconds": -1}, {"nonsense": 1},
+    {"models": {"shapes": {"default_ttl_seconds": 10**9}}}, {"apply_to_existing": "yes"},
+])
+async def test_bad_retention_bodies(client: httpx.AsyncClient, body: dict[str, object]) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    response = await client.put("/admin/retention", headers=headers, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"]
