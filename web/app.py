@@ -17,7 +17,7 @@ from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
 from store import Clock, create_retention_holder, create_store
 from store.retention import RetentionPolicy
 from store.sweeper import Sweeper
-from web import admin, demo, images, native_api, openai_api, openapi, ops
+from web import admin, demo, edits, images, jobs, native_api, openai_api, openapi, ops
 from web.errors import exception_handlers
 from web.metrics import Metrics
 from web.request_log import RequestLogMiddleware
@@ -83,8 +83,8 @@ def create_app(
             await store.close()
             services.encoder.shutdown()
 
-    routes = [*openai_api.routes, *native_api.routes, *images.routes, *admin.routes,
-              *ops.routes, *openapi.routes, *demo.routes]
+    routes = [*openai_api.routes, *edits.routes, *native_api.routes, *jobs.routes,
+              *images.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestLogMiddleware)],

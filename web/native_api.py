@@ -12,6 +12,7 @@ from starlette.routing import Route
 from web.body import read_json_object
 from web.generate import generate
 from web.generation_params import find_model, parse_native
+from web.image_inputs import native_inputs
 from web.openai_api import log_generation, usage
 from web.request_log import request_id_of
 from web.routing import public_base_url, services_of
@@ -23,8 +24,10 @@ async def infer(request: Request) -> JSONResponse:
     spec = find_model(services.engine.specs, request.path_params["model"], "")
     body = await read_json_object(request, services.settings.max_body_bytes)
     gen = parse_native(spec, body)
+    inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     log_generation(request, gen, None)
-    generated = await generate(services, gen, request_id_of(request), public_base_url(request))
+    generated = await generate(services, gen, request_id_of(request), public_base_url(request),
+                               inputs.init_image, inputs.mask_image)
     log_generation(request, gen, generated)
     images = [
         image.url if image.data is None

@@ -42,12 +42,35 @@ OPENAI_REQUEST = {
                    "response_format": {"enum": ["url", "b64_json"]}},
 }
 
+# Image inputs: PNG, JPEG or WebP. A mask repaints where it is transparent (or, when
+# opaque, white); with no mask, the image's own transparent pixels are repainted.
+STRENGTH = {"type": "number", "minimum": 0.01, "maximum": 1,
+            "description": "How much of the image is redrawn (1: all of it)."}
+IMAGE_INPUT = {"type": "string",
+               "description": "A PNG, JPEG or WebP image: base64, or a base64 data URL."}
+
 NATIVE_REQUEST = {
     "type": "object", "required": ["prompt"],
     "properties": {**GENERATION_FIELDS,
                    "width": {"type": "integer"}, "height": {"type": "integer"},
                    "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
-                   "output": {"enum": ["url", "data_url"]}},
+                   "output": {"enum": ["url", "data_url"]},
+                   "init_image": IMAGE_INPUT,
+                   "mask_image": {**IMAGE_INPUT, "description": "Needs init_image; same size."},
+                   "strength": STRENGTH},
+}
+
+EDIT_REQUEST = {
+    "type": "object", "required": ["image", "prompt"],
+    "properties": {**GENERATION_FIELDS,
+                   "image": {"type": "string", "contentMediaType": "image/*"},
+                   "mask": {"type": "string", "contentMediaType": "image/*",
+                            "description": "The same size as image."},
+                   "model": {"type": "string"},
+                   "n": {"type": "integer", "minimum": 1, "maximum": 8},
+                   "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+                   "response_format": {"enum": ["url", "b64_json"]},
+                   "strength": STRENGTH},
 }
 
 RETENTION = {
@@ -59,18 +82,35 @@ RETENTION = {
                    "apply_to_existing": {"type": "boolean"}},
 }
 
+JOB_REQUEST = {
+    "type": "object", "required": ["prompt"],
+    "properties": {**GENERATION_FIELDS,
+                   "model": {"type": "string"},
+                   "width": {"type": "integer"}, "height": {"type": "integer"},
+                   "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
+                   "output": {"enum": ["url"]},
+                   "previews": {"type": "boolean",
+                                "description": "Send a 64x64 PNG preview with each step."}},
+}
+JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 MODEL_PARAM = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 IMAGE_PARAMS = [
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
     {"name": "ext", "in": "path", "required": True,
      "schema": {"enum": ["png", "webp", "jpeg"]}},
 ]
-ADMIN = [{"bearer": []}]
+ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 
 PATHS: dict[str, dict[str, Any]] = {
     "/v1/images/generations": {"post": {
         "summary": "Generate images (OpenAI-compatible)",
         "requestBody": _json_body(OPENAI_REQUEST),
+        "responses": _responses("Images", 400, 404, 413, 415, 429, 503)}},
+    "/v1/images/edits": {"post": {
+        "summary": "Edit an image: image-to-image, or inpainting with a mask "
+                   "(OpenAI-compatible)",
+        "requestBody": {"required": True,
+                        "content": {"multipart/form-data": {"schema": EDIT_REQUEST}}},
         "responses": _responses("Images", 400, 404, 413, 415, 429, 503)}},
     "/v1/inference/{model}": {"post": {
         "summary": "Generate images (native form)", "parameters": [MODEL_PARAM],
@@ -79,6 +119,27 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/models": {"get": {"summary": "List models", "responses": _responses("Models")}},
     "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [MODEL_PARAM],
                                    "responses": _responses("Model", 404)}},
+    "/v1/jobs": {"post": {
+        "summary": "Queue a generation as an async job (native body plus model, previews)",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "maxLength": 255}}],
+        "requestBody": _json_body(JOB_REQUEST),
+        "responses": _responses("Accepted: id, status, queue_position", 400, 404, 409, 413,
+                                415, 429, ok_status="202")}},
+    "/v1/jobs/{job_id}": {
+        "get": {"summary": "A job's status, queue position, progress and result",
+                "parameters": [JOB_PARAM], "responses": _responses("Job", 404)},
+        "delete": {"summary": "Cancel a queued (200) or running (202) job",
+                   "parameters": [JOB_PARAM],
+                   "responses": {**_responses("Canceled", 404, 409),
+                                 "202": {"description": "Stops at its next step"}}}},
+    "/v1/jobs/{job_id}/events": {"get": {
+        "summary": "Server-Sent Events: queued, started, progress, then succeeded, failed "
+                   "or canceled; a late client first gets the state so far",
+        "parameters": [JOB_PARAM],
+        "responses": {"200": {"description": "The event stream",
+                              "content": {"text/event-stream": {}}},
+                      "404": {"description": "Unknown or expired job"}}}},
     "/i/{token}.{ext}": {
         "get": {"summary": "An image, until it expires", "parameters": IMAGE_PARAMS,
                 "responses": {"200": {"description": "The image",

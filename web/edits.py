@@ -1,0 +1,93 @@
+"""POST /v1/images/edits: OpenAI's multipart form, for image-to-image and inpainting.
+
+The form (image, mask, prompt, n, size, response_format, model, plus this
+service's extensions) is parsed in memory by web.multipart, never by
+`request.form()`, so an uploaded image never reaches a temporary file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from web.body import read_body, require_media_type
+from web.errors import bad_request
+from web.generate import generate
+from web.generation_params import find_model, parse_openai
+from web.image_inputs import load_inputs
+from web.multipart import Limits, fields_and_files, parse_multipart
+from web.openai_api import images_response, log_generation
+from web.request_log import request_id_of
+from web.routing import public_base_url, services_of
+
+INT_FIELDS = ("n", "seed", "num_inference_steps", "ttl_seconds")
+FLOAT_FIELDS = ("guidance_scale", "strength")
+# Every field an error message may name; OpenAI's other fields (user, quality...) are ignored.
+KNOWN_FIELDS = frozenset({
+    "image", "image[]", "mask", "prompt", "model", "size", "response_format", "output_format",
+    "negative_prompt", "user", *INT_FIELDS, *FLOAT_FIELDS,
+})
+
+
+def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
+    """A form field is text; numbers are converted here, then validated like JSON ones."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise bad_request(f"'{name}' must be {noun}.", name) from None
+
+
+def form_body(fields: dict[str, str]) -> dict[str, Any]:
+    """The form's fields in the shape of a JSON body, for the shared validation."""
+    body: dict[str, Any] = dict(fields)
+    for name in INT_FIELDS:
+        if name in fields:
+            body[name] = _number(fields[name], name, int)
+    for name in FLOAT_FIELDS:
+        if name in fields:
+            body[name] = _number(fields[name], name, float)
+    return body
+
+
+def upload(files: dict[str, bytes], fields: dict[str, str], name: str,
+           *aliases: str) -> bytes | None:
+    """A file part by name (or alias); a plain text field of that name is refused."""
+    for key in (name, *aliases):
+        if key in fields:
+            raise bad_request(f"'{name}' must be an uploaded file.", name)
+        if key in files:
+            return files[key]
+    return None
+
+
+async def create_edit(request: Request) -> JSONResponse:
+    services = services_of(request)
+    started = time.perf_counter()
+    require_media_type(request, "multipart/form-data")
+    max_bytes = services.settings.max_body_bytes
+    body = await read_body(request, max_bytes)
+    parts = parse_multipart(body, request.headers["content-type"],
+                            Limits(max_file_bytes=max_bytes), KNOWN_FIELDS)
+    fields, files = fields_and_files(parts, KNOWN_FIELDS)
+    spec = find_model(services.engine.specs, fields.get("model"), services.default_model)
+    gen = parse_openai(spec, form_body(fields))
+    # The OpenAI client sends a list of images as image[]; this API edits one.
+    image = upload(files, fields, "image", "image[]")
+    if image is None:
+        raise bad_request("'image' is required: the image to edit, as a file part.", "image")
+    inputs = await load_inputs(image, upload(files, fields, "mask"), (gen.width, gen.height),
+                               "image", "mask")
+    log_generation(request, gen, None)
+    generated = await generate(services, gen, request_id_of(request), public_base_url(request),
+                               inputs.init_image, inputs.mask_image)
+    log_generation(request, gen, generated)
+    services.metrics.request_seconds.labels(route="edits").observe(time.perf_counter() - started)
+    return JSONResponse(images_response(generated))
+
+
+routes = [Route("/v1/images/edits", create_edit, methods=["POST"])]
