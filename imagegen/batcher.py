@@ -46,6 +46,16 @@ class Ticket:
         return self.deadline is not None and (now or time.monotonic()) > self.deadline
 
 
+def batch_key(request: GenerationRequest) -> tuple[object, ...]:
+    """Requests with equal keys can share one pipeline call.
+
+    An init image shortens the schedule by its strength, so image-to-image
+    requests only join others with an init image and the same strength.
+    """
+    strength = request.strength if request.init_image is not None else None
+    return (request.params, strength)
+
+
 class BatchState:
     """The queue per lane; no threads, no event loop, no clock."""
 
@@ -89,7 +99,7 @@ class BatchState:
     def next_batch(self, max_images: Callable[[str], int]) -> list[Ticket]:
         """Take the oldest ticket of the first non-empty lane and every compatible one behind it.
 
-        Compatible means same sampling parameters; the batch holds at most
+        Compatible means an equal batch_key; the batch holds at most
         max_images(model) images. Bulk never joins an interactive batch.
         """
         for lane in Lane:
@@ -106,7 +116,9 @@ class BatchState:
         for ticket in list(queue):
             if room <= 0:
                 break
-            if ticket.request.params == head.request.params and ticket.request.num_images <= room:
+            if batch_key(ticket.request) == batch_key(head.request) and (
+                ticket.request.num_images <= room
+            ):
                 queue.remove(ticket)
                 batch.append(ticket)
                 room -= ticket.request.num_images
