@@ -23,7 +23,8 @@ from web.errors import bad_request
 from web.generation_params import GenerationInput
 from web.services import Services
 
-# A worker stops a request at its deadline between steps; this covers one slow step more.
+# A worker stops a request at its deadline between steps; this covers one slow step more
+# (capped at the timeout itself, so a hung pipeline frees its caller within 2x the timeout).
 DEADLINE_GRACE_SECONDS = 10.0
 
 
@@ -102,7 +103,8 @@ def submit(
 
 
 async def wait_for_result(services: Services, ticket: Ticket) -> GenerationResult:
-    timeout = services.settings.request_timeout + DEADLINE_GRACE_SECONDS
+    deadline = services.settings.request_timeout
+    timeout = deadline + min(DEADLINE_GRACE_SECONDS, deadline)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(ticket.future), timeout)
     except TimeoutError:
