@@ -1,0 +1,46 @@
+"""One JSON line per request with metadata only."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from web.request_log import ALLOWED_FIELDS, JsonLineFormatter
+
+
+async def test_one_line_with_metadata(client: httpx.AsyncClient,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = await client.post("/v1/images/generations", json={
+        "prompt": "a red circle", "size": "32x32", "num_inference_steps": 2, "seed": 4})
+    image_url = response.json()["data"][0]["url"]
+    await client.get(image_url)
+    lines = [json.loads(JsonLineFormatter().format(r)) for r in caplog.records
+             if r.name == "imagegen.request"]
+    generation, fetch = lines[-2:]
+    assert generation["request_id"] == response.headers["x-request-id"]
+    assert generation["route"] == "/v1/images/generations" and generation["status"] == 200
+    assert generation["model"] == "shapes" and generation["seed"] == 4
+    assert generation["steps"] == 2 and generation["width"] == 32
+    assert generation["device_seconds"] > 0 and generation["cost"] > 0
+    assert set(generation) <= ALLOWED_FIELDS | {"time", "level", "logger", "event", "request_id",
+                                                "method", "route", "status", "duration_ms"}
+    # The image path holds the capability token: only its route template is logged.
+    token = image_url.rsplit("/", 1)[1].split(".")[0]
+    assert fetch["route"] == "/i/{token}.{ext}"
+    server_records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    assert all(token not in r.getMessage() and token not in str(r.__dict__)
+               for r in server_records)
+
+
+async def test_fields_outside_the_whitelist_are_refused() -> None:
+    from starlette.requests import Request
+
+    from web.request_log import log_fields
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    with pytest.raises(ValueError, match="not loggable"):
+        log_fields(request, prompt="secret")
