@@ -1,0 +1,98 @@
+"""Load: 200 concurrent requests against a queue of 32 on a real uvicorn process (loopback).
+
+Every answer is 200, or 429 with Retry-After; never a 5xx. The server's
+memory (its RSS, from /proc) comes back near where it was before the burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port
+
+CLIENTS = 200
+QUEUE_SIZE = 32
+BODY = {"prompt": "a red circle on a blue background", "size": "32x32",
+        "num_inference_steps": 2}
+# Not a timing bound: room for allocator slack and a few hundred small stored images.
+RSS_MARGIN_BYTES = 96 * 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc status")
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "serve", "--port", str(port),
+         "--queue-size", str(QUEUE_SIZE)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, "server exited during start-up"
+            assert time.monotonic() < deadline, "server did not start"
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def burst(url: str, count: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return list(await asyncio.gather(
+            *(client.post("/v1/images/generations", json={**BODY, "seed": i})
+              for i in range(count))))
+
+
+async def test_200_concurrent_requests_get_200_or_429_and_memory_returns(
+        server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, process = server
+    await burst(url, 40)  # warm the pipeline and the allocator before the baseline
+    baseline = rss_bytes(process.pid)
+
+    responses = await burst(url, CLIENTS)
+
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses[200] >= QUEUE_SIZE  # at least a queue's worth got through
+    for response in responses:
+        if response.status_code == 429:
+            assert int(response.headers["retry-after"]) > 0
+            assert response.json()["error"]["code"] == "queue_full"
+        else:
+            assert response.json()["data"][0]["url"].startswith(url + "/i/")
+    assert process.poll() is None
+    assert (httpx.get(url + "/readyz")).status_code == 200
+    after = rss_bytes(process.pid)
+    print(f"\nstatuses {dict(statuses)}; RSS {baseline / 2**20:.0f} MiB -> "
+          f"{after / 2**20:.0f} MiB")
+    assert after - baseline < RSS_MARGIN_BYTES
