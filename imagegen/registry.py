@@ -99,9 +99,13 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
     ) else sizes[0]
     if default_size not in sizes:
         raise ModelConfigError(f"{where}.default_size must be one of sizes")
-    fields = {k: v for k, v in table.items() if k not in ("path", "sizes", "default_size")}
+    fields = {k: v for k, v in table.items()
+              if k not in ("path", "family", "sizes", "default_size")}
+    if "examples" in fields:
+        fields["examples"] = tuple(fields["examples"])
     try:
-        spec = ModelSpec(name=name, path=path, sizes=sizes, default_size=default_size, **fields)
+        spec = ModelSpec(name=name, path=path, family=family, sizes=sizes,
+                         default_size=default_size, **fields)
     except TypeError as exc:  # a value of the wrong type; the message holds only field names
         raise ModelConfigError(f"{where}: {exc}") from None
     for limit in ("default_steps", "max_steps", "max_n", "max_batch"):
