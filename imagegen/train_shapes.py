@@ -123,7 +123,13 @@ def save(
 
 
 def train(
-    out: Path, steps: int, seed: int, batch_size: int, peak_lr: float, save_every: int
+    out: Path,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    peak_lr: float,
+    save_every: int,
+    stop_after: int,
 ) -> None:
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -142,7 +148,7 @@ def train(
         optimizer, max_lr=peak_lr, total_steps=steps, pct_start=0.15
     )
     started, running = time.monotonic(), 0.0
-    for step in range(1, steps + 1):
+    for step in range(1, min(steps, stop_after) + 1):
         pixels, ids = batch(rng, batch_size, encoder)
         noise = torch.randn_like(pixels)
         drawn = torch.randint(0, len(scheduler.alphas_cumprod), (batch_size,))
@@ -168,7 +174,7 @@ def train(
                 flush=True,
             )
             running = 0.0
-        if step % save_every == 0 or step == steps:
+        if step % save_every == 0 or step in (steps, stop_after):
             save(out, ema_unet, ema_encoder, scheduler, step)
             print(f"saved {step}", flush=True)
 
@@ -176,15 +182,20 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--save-every", type=int, default=250)
-    parser.add_argument("--threads", type=int, default=2)
+    # Stop early on the --steps schedule (reproduces a checkpoint saved mid-run).
+    parser.add_argument("--stop-after", type=int, default=None)
+    # One thread: on a shared CPU, OpenMP threads spin-waiting for a busy core
+    # made two-thread training up to ten times slower here.
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train(args.out, args.steps, args.seed, args.batch_size, args.lr, args.save_every)
+    stop_after = args.steps if args.stop_after is None else args.stop_after
+    train(args.out, args.steps, args.seed, args.batch_size, args.lr, args.save_every, stop_after)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ def tokenize(prompt: str, vocabulary: Sequence[str], max_length: int) -> tuple[l
     """
     index = {word: i for i, word in enumerate(vocabulary)}
     words = re.findall(r"[a-z]+", prompt.lower())
-    ids = [index[w] for w in words if w in index and w != PAD][:max_length]
-    ignored = sum(1 for w in words if w not in index or w == PAD)
+    ids = [index[w] for w in words if w in index][:max_length]
+    ignored = sum(1 for w in words if w not in index)
     return ids + [index[PAD]] * (max_length - len(ids)), ignored
 
 
