@@ -370,20 +370,28 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_the_load_balancer_spreads_requests_and_logs_no_url(
+def test_the_load_balancer_spreads_requests_keeps_jobs_together_and_logs_no_url(
     replicas: tuple[Replica, Replica], minted: list[str], load_balancer: tuple[str, Path]
 ) -> None:
     url, log_path = load_balancer
     with httpx.Client(base_url=url, timeout=60) as client:
         path = image_path(generate(client, minted))
-        fetched = [client.get(path) for _ in range(4)]
+        fetched = [client.get(path).status_code for _ in range(4)]
+        job = client.post("/v1/jobs", json={"prompt": PROMPT, "width": 32, "height": 32,
+                                            "num_inference_steps": 2})
+        polled = [client.get(f"/v1/jobs/{job.json()['id']}").status_code for _ in range(4)]
 
-    assert [response.status_code for response in fetched] == [200] * 4
+    assert fetched == [200] * 4
+    # A job lives on the replica that took it; the client's polls all reach that one.
+    assert job.status_code == 202
+    assert polled == [200] * 4
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line]
-    assert len(lines) == 5
-    assert {line["upstream"] for line in lines} == {
+    assert len(lines) == 10
+    assert {line["upstream"] for line in lines[1:5]} == {
         f"127.0.0.1:{replica.port}" for replica in replicas}
+    assert len({line["upstream"] for line in lines[5:]}) == 1
     assert token_of(path) not in log_path.read_text()
+    assert job.json()["id"] not in log_path.read_text()
 
 
 def test_replica_logs_carry_no_capability_token_and_no_prompt(
