@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,10 @@ ALLOWED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 MAX_INPUT_PIXELS = 4096 * 4096
 # An alpha below this is "transparent": the pixel is repainted.
 _TRANSPARENT_BELOW = 128
+
+# Pillow logs EXIF tag values at DEBUG (names, places, captions of an uploaded photo):
+# pinned above DEBUG so that an operator's debug logging never prints them.
+logging.getLogger("PIL").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
