@@ -17,7 +17,8 @@ from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
 from store import Clock, create_retention_holder, create_store
 from store.retention import RetentionPolicy
 from store.sweeper import Sweeper
-from web import admin, demo, edits, images, jobs, native_api, openai_api, openapi, ops
+from web import admin, batches, demo, edits, images, jobs, native_api, openai_api, openapi, ops
+from web.bulk_runner import BulkRunner
 from web.errors import exception_handlers
 from web.metrics import Metrics
 from web.request_log import RequestLogMiddleware
@@ -72,11 +73,13 @@ def create_app(
         await retention.start()
         engine.start()
         sweeper.start()
+        bulk = await BulkRunner.start(services)
         try:
             yield
         finally:
             # Drain: refuse new work, let what is queued and running finish.
             services.draining = True
+            await bulk.stop()  # between lines; batches do not outlive the process
             await asyncio.to_thread(engine.stop)
             sweeper.shutdown()
             await retention.stop()
@@ -84,7 +87,8 @@ def create_app(
             services.encoder.shutdown()
 
     routes = [*openai_api.routes, *edits.routes, *native_api.routes, *jobs.routes,
-              *images.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes]
+              *images.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes,
+              *batches.routes]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestLogMiddleware)],

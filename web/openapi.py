@@ -93,6 +93,17 @@ JOB_REQUEST = {
                                 "description": "Send a 64x64 PNG preview with each step."}},
 }
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+BATCH_LINE = {
+    "type": "object", "required": ["custom_id", "body"], "additionalProperties": False,
+    "properties": {"custom_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                 "description": "Unique in the batch."},
+                   "body": {"type": "object", "required": ["prompt"], "properties": {
+                       **GENERATION_FIELDS, "model": {"type": "string"},
+                       "width": {"type": "integer"}, "height": {"type": "integer"},
+                       "num_images": {"type": "integer", "minimum": 1, "maximum": 8},
+                       "output": {"enum": ["url"]}}}},
+}
+BATCH_PARAM = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 MODEL_PARAM = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 IMAGE_PARAMS = [
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -140,6 +151,25 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {"200": {"description": "The event stream",
                               "content": {"text/event-stream": {}}},
                       "404": {"description": "Unknown or expired job"}}}},
+    "/v1/batches": {"post": {
+        "summary": "Queue many requests at once: JSON Lines (or a JSON array) of "
+                   "{custom_id, body}; one bad line rejects the batch, naming lines by number",
+        "requestBody": {"required": True, "content": {
+            "application/jsonl": {"schema": BATCH_LINE},
+            "application/json": {"schema": {"type": "array", "items": BATCH_LINE}}}},
+        "responses": _responses("Accepted: id, status, counts", 400, 413, 415, 429, 503,
+                                ok_status="202")}},
+    "/v1/batches/{batch_id}": {
+        "get": {"summary": "A batch's status, counts (total, done, failed), timings, time left",
+                "parameters": [BATCH_PARAM], "responses": _responses("Batch", 404)},
+        "delete": {"summary": "Cancel a batch; it stops between lines",
+                   "parameters": [BATCH_PARAM], "responses": _responses("Canceled", 404, 409)}},
+    "/v1/batches/{batch_id}/output": {"get": {
+        "summary": "The results so far, JSON Lines: line, custom_id, response (image URLs, "
+                   "seed) or error",
+        "parameters": [BATCH_PARAM],
+        "responses": {"200": {"description": "JSON Lines", "content": {"application/jsonl": {}}},
+                      "404": {"description": "Unknown batch, or its retention has ended"}}}},
     "/i/{token}.{ext}": {
         "get": {"summary": "An image, until it expires", "parameters": IMAGE_PARAMS,
                 "responses": {"200": {"description": "The image",

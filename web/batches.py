@@ -1,0 +1,69 @@
+"""Bulk generation: POST /v1/batches, GET /v1/batches/{id}, its output, DELETE to cancel."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from web.body import read_body, require_media_type
+from web.bulk_parse import parse_batch
+from web.bulk_runner import BulkRunner
+from web.bulk_state import Batch
+from web.errors import ApiError
+from web.routing import public_base_url, services_of
+
+BATCH_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson", "application/json")
+NOT_FOUND = ApiError(404, "This batch does not exist or its retention has ended.",
+                     code="batch_not_found")
+# The output lists capability URLs: no caching, and never passed on as a referrer.
+OUTPUT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                  "X-Content-Type-Options": "nosniff"}
+
+
+def runner_of(request: Request) -> BulkRunner:
+    runner = services_of(request).extras["batches"]
+    assert isinstance(runner, BulkRunner)
+    return runner
+
+
+async def find_batch(request: Request) -> Batch:
+    batch = await runner_of(request).get(request.path_params["batch_id"])
+    if batch is None:
+        raise NOT_FOUND
+    return batch
+
+
+async def create_batch(request: Request) -> JSONResponse:
+    services = services_of(request)
+    require_media_type(request, *BATCH_MEDIA_TYPES)
+    lines = parse_batch(services, await read_body(request, services.settings.max_body_bytes))
+    batch = await runner_of(request).submit(lines, public_base_url(request))
+    return JSONResponse(batch.to_dict(), status_code=202)
+
+
+async def get_batch(request: Request) -> JSONResponse:
+    return JSONResponse((await find_batch(request)).to_dict())
+
+
+async def get_output(request: Request) -> Response:
+    batch = await find_batch(request)
+    body = await runner_of(request).output(batch)
+    return Response(body, media_type="application/jsonl", headers=OUTPUT_HEADERS)
+
+
+async def cancel_batch(request: Request) -> JSONResponse:
+    batch = await find_batch(request)
+    if batch.ended:
+        raise ApiError(409, f"The batch has already ended ({batch.status}).",
+                       code="batch_ended")
+    await runner_of(request).cancel(batch)
+    return JSONResponse(batch.to_dict())
+
+
+routes = [
+    Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches/{batch_id}", get_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", cancel_batch, methods=["DELETE"]),
+    Route("/v1/batches/{batch_id}/output", get_output, methods=["GET"]),
+]

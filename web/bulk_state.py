@@ -1,0 +1,91 @@
+"""One batch's state: counts, timings and an estimate of time left; never its content."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from web.bulk_files import BatchFiles
+
+
+class BatchStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ENDED = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED})
+
+
+def new_batch_id() -> str:
+    # 192 bits from secrets: the id is the capability to read and cancel the batch.
+    return "batch_" + secrets.token_urlsafe(24)
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    id: str
+    files: BatchFiles
+    total: int
+    base_url: str  # where its image URLs point
+    created_at: float  # the app clock
+    expires_at: float  # created_at + batch retention, fixed once
+    status: BatchStatus = BatchStatus.QUEUED
+    done: int = 0  # lines that succeeded
+    failed: int = 0  # lines that failed
+    started_at: float | None = None
+    finished_at: float | None = None
+    line_seconds: float = 0.0  # wall seconds spent on the lines so far
+    cancel_requested: bool = False
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    def count(self, succeeded: bool, seconds: float) -> None:
+        if succeeded:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.line_seconds += seconds
+
+    def finish(self, now: float) -> None:
+        if self.cancel_requested:
+            self.status = BatchStatus.CANCELED
+        elif self.done == 0 and self.failed > 0:
+            self.status = BatchStatus.FAILED
+        else:
+            self.status = BatchStatus.COMPLETED
+        self.finished_at = now
+
+    def eta_seconds(self) -> float | None:
+        """Time left at the mean pace so far; None until one line has run."""
+        if self.ended:
+            return 0.0
+        if self.processed == 0:
+            return None
+        return round(self.line_seconds / self.processed * (self.total - self.processed), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "batch",
+            "status": str(self.status),
+            "counts": {"total": self.total, "done": self.done, "failed": self.failed},
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "expires_at": self.expires_at,
+            "eta_seconds": self.eta_seconds(),
+        }
