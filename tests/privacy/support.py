@@ -297,14 +297,18 @@ def big_png(target_bytes: int = 5 * 1024 * 1024) -> bytes:
     return data
 
 
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid greyscale PNG of width x height black pixels: tiny on the wire, huge decoded."""
+def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
+    """A greyscale PNG of width x height black pixels: tiny on the wire, huge decoded.
+
+    rows: how many rows the data really holds (all by default; fewer is a lie in the header).
+    """
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(
             ">I", zlib.crc32(kind + body))
 
     compressor = zlib.compressobj(9)
     row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    idat = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows))
+    idat += compressor.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

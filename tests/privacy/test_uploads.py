@@ -1,0 +1,177 @@
+"""Image uploads: parsed in memory under hard caps; every bad one is a 4xx naming its field."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import make_settings, running_app
+from tests.privacy.support import encode, png_bomb, solid
+from web.errors import ApiError
+from web.multipart import Limits, fields_and_files, parse_multipart
+
+EDITS = "/v1/images/edits"
+NATIVE = "/v1/inference/shapes"
+FIELDS = {"prompt": "a red circle", "size": "32x32", "num_inference_steps": "1"}
+NATIVE_BODY = {"prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 1}
+PNG = encode(solid((10, 20, 30)), "PNG")
+KNOWN = frozenset({"prompt", "image"})
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+async def edit(client: httpx.AsyncClient, fields: dict[str, str] | None = None,
+               **files: bytes) -> httpx.Response:
+    return await client.post(EDITS, data=FIELDS if fields is None else fields,
+                             files={name: (f"{name}.bin", data) for name, data in files.items()})
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bomb", [png_bomb(5000, 5000), png_bomb(20000, 20000, rows=1)],
+                         ids=["25-megapixel", "400-megapixel-header"])
+async def test_a_decompression_bomb_is_413_before_decoding(client: httpx.AsyncClient,
+                                                           bomb: bytes) -> None:
+    assert_error(await edit(client, image=bomb), 413, "image")
+    assert_error(await edit(client, image=PNG, mask=bomb), 413, "mask")
+    native = await client.post(NATIVE, json={**NATIVE_BODY, "init_image": b64(bomb)})
+    assert_error(native, 413, "init_image")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+async def test_an_image_of_a_format_not_allowed_is_415(client: httpx.AsyncClient,
+                                                       fmt: str) -> None:
+    other = encode(solid((10, 20, 30)), fmt)
+    assert_error(await edit(client, image=other), 415, "image")
+    native = await client.post(NATIVE, json={**NATIVE_BODY, "init_image": b64(other)})
+    assert_error(native, 415, "init_image")
+
+
+async def test_what_is_not_an_image_is_415_and_a_broken_image_400(
+        client: httpx.AsyncClient) -> None:
+    assert_error(await edit(client, image=b"%PDF-1.7 not an image"), 415, "image")
+    assert_error(await edit(client, image=PNG[: len(PNG) // 2]), 400, "image")
+    assert_error(await edit(client, image=b""), 400, "image")
+    data_url = await client.post(NATIVE, json={**NATIVE_BODY,
+                                               "init_image": f"data:text/plain;base64,{b64(PNG)}"})
+    assert_error(data_url, 415, "init_image")
+
+
+async def test_bad_base64_fields_are_400(client: httpx.AsyncClient) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"init_image": "not base64!"}, "init_image"),
+        ({"init_image": 42}, "init_image"),
+        ({"init_image": f"data:image/png,{b64(PNG)}"}, "init_image"),  # not ;base64
+        ({"init_image": b64(PNG), "mask_image": "%%%"}, "mask_image"),
+        ({"mask_image": b64(PNG)}, "mask_image"),  # a mask needs an init image
+    ]
+    for fields, param in cases:
+        assert_error(await client.post(NATIVE, json={**NATIVE_BODY, **fields}), 400, param)
+
+
+async def test_line_wrapped_base64_and_data_urls_are_accepted(client: httpx.AsyncClient) -> None:
+    wrapped = "\n".join(b64(PNG)[i:i + 76] for i in range(0, len(b64(PNG)), 76))
+    for value in (wrapped, f"data:image/png;base64,{b64(PNG)}"):
+        response = await client.post(NATIVE, json={**NATIVE_BODY, "init_image": value})
+        assert response.status_code == 200, response.text
+
+
+async def test_a_mask_of_another_size_is_400_naming_the_mask(client: httpx.AsyncClient) -> None:
+    mask = encode(solid((255,), (31, 32), "L"), "PNG")
+    assert_error(await edit(client, image=PNG, mask=mask), 400, "mask")
+    native = await client.post(NATIVE, json={**NATIVE_BODY, "init_image": b64(PNG),
+                                             "mask_image": b64(mask)})
+    assert_error(native, 400, "mask_image")
+
+
+# -- the form ---------------------------------------------------------------------------------
+
+
+async def test_a_missing_image_is_400_naming_image(client: httpx.AsyncClient) -> None:
+    assert_error(await edit(client, mask=PNG), 400, "image")
+    as_text = await client.post(EDITS, data={**FIELDS, "image": "a picture"},
+                                files={"mask": ("m.png", PNG)})
+    assert_error(as_text, 400, "image")
+
+
+async def test_form_fields_are_validated_like_json_ones(client: httpx.AsyncClient) -> None:
+    for name, value in [("n", "two"), ("n", "99"), ("strength", "2"), ("seed", "-1"),
+                        ("size", "33x33"), ("guidance_scale", "much"), ("prompt", "")]:
+        assert_error(await edit(client, {**FIELDS, name: value}, image=PNG), 400, name)
+    no_prompt = {k: v for k, v in FIELDS.items() if k != "prompt"}
+    assert_error(await edit(client, no_prompt, image=PNG), 400, "prompt")
+
+
+async def test_the_openai_list_form_of_image_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post(EDITS, data=FIELDS, files=[("image[]", ("i.png", PNG))])
+    assert response.status_code == 200, response.text
+
+
+async def test_too_many_parts_or_bytes_is_413() -> None:
+    async with running_app(make_settings(max_body_bytes=256 * 1024)) as client:
+        many = {**FIELDS, **{f"extra{i}": "x" for i in range(40)}}
+        assert_error(await edit(client, many, image=PNG), 413, None)
+        assert_error(await edit(client, image=b"\0" * (300 * 1024)), 413, None)
+        long_prompt = {**FIELDS, "prompt": "red " * 20_000}  # 80 KB: over the field cap
+        assert_error(await edit(client, long_prompt, image=PNG), 413, "prompt")
+
+
+async def test_a_body_that_is_not_a_form_is_415_and_a_broken_form_400(
+        client: httpx.AsyncClient) -> None:
+    as_json = await client.post(EDITS, json=FIELDS)
+    assert as_json.status_code == 415
+    no_boundary = await client.post(EDITS, content=b"x",
+                                    headers={"content-type": "multipart/form-data"})
+    assert no_boundary.status_code == 400
+    assert no_boundary.json()["error"]["code"] == "invalid_multipart"
+
+
+# -- the parser, on its own -------------------------------------------------------------------
+
+BOUNDARY = "b0und"
+CONTENT_TYPE = f'multipart/form-data; boundary="{BOUNDARY}"'
+
+
+def body(*parts: str) -> bytes:
+    return ("preamble\r\n" + "".join(f"--{BOUNDARY}\r\n{part}\r\n" for part in parts)
+            + f"--{BOUNDARY}--\r\nepilogue").encode()
+
+
+def test_the_parser_keeps_bytes_exact_and_reads_quoted_names() -> None:
+    parsed = parse_multipart(body(
+        'Content-Disposition: form-data; name="prompt"\r\n\r\nline one\r\nline two',
+        'Content-Disposition: form-data; name="image"; filename="a \\"b\\".png"\r\n'
+        "Content-Type: image/png\r\n\r\n--b0un\r\n",
+    ), CONTENT_TYPE, Limits(), KNOWN)
+    fields, files = fields_and_files(parsed, KNOWN)
+    assert fields == {"prompt": "line one\r\nline two"}
+    assert files == {"image": b"--b0un\r\n"}
+    assert parsed[1].filename == 'a "b".png'
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"no boundary here", 400),
+    (body("Content-Disposition: form-data\r\n\r\nx"), 400),  # no name
+    (body('Content-Disposition: attachment; name="prompt"\r\n\r\nx'), 400),
+    (body("X-Other: 1\r\n\r\nx"), 400),  # no Content-Disposition
+    (body('Content-Disposition: form-data; name="prompt"\r\n\r\nx')[:-12], 400),  # unclosed
+    (body(*['Content-Disposition: form-data; name="p"\r\n\r\nx'] * 5), 413),  # too many parts
+    (body('Content-Disposition: form-data; name="p"\r\n\r\n' + "x" * 65), 413),  # field too big
+    (body('Content-Disposition: form-data; name="i"; filename="f"\r\n\r\n' + "x" * 129), 413),
+])
+def test_the_parser_refuses_bad_forms(data: bytes, status: int) -> None:
+    with pytest.raises(ApiError) as refused:
+        parse_multipart(data, CONTENT_TYPE, Limits(max_parts=4, max_field_bytes=64,
+                                                   max_file_bytes=128), KNOWN)
+    assert refused.value.status == status
