@@ -40,6 +40,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PROMPT = "a red circle"
 DEFAULT_TTL = 60
 SWEEP_INTERVAL = 0.5
+# As deploy/compose.yaml runs Redis: persistence off, no @dangerous commands.
+DEPLOYED_REDIS_FLAGS = ["--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
+                        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-@dangerous"]
 # A request that needs a lost store must answer within this (it takes about a second).
 FAIL_FAST_SECONDS = 10.0
 
@@ -73,7 +76,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+             "--dir", str(self.directory), *DEPLOYED_REDIS_FLAGS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 10, "redis-server to start")
 
