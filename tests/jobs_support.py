@@ -1,12 +1,11 @@
-"""Helpers for the jobs and demo tests: a real uvicorn in a thread, a gate in front of the
-real pipeline (it fakes timing only: every call still runs the model), and an SSE reader.
+"""Helpers for the jobs and demo tests: a gate in front of the real pipeline (it fakes
+timing only: every call still runs the model), a movable clock, and an SSE reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,10 +14,10 @@ from typing import Any
 
 import httpx
 import torch
-import uvicorn
 from starlette.applications import Starlette
 
 from imagegen.pipelines.base import PipelineOutput, TextToImagePipeline
+from tests.helpers import LiveServer
 
 WAIT_SECONDS = 60.0
 
@@ -130,32 +129,9 @@ class OffsetClock:
         return time.time() + self.offset
 
 
-class LiveServer:
-    """A real uvicorn on 127.0.0.1, on a free port, in a thread."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run,
-                                        kwargs={"sockets": [self._socket]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        wait_until(lambda: self.server.started, "uvicorn to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(60)
-        self._socket.close()
+def app_of(live: LiveServer) -> Starlette:
+    app: Starlette = live.server.config.app
+    return app
 
 
 @dataclass

@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.jobs_support import Gate, LiveServer, gated, wait_until
-from web.app import create_app
+from tests.helpers import LiveServer, live_server, make_settings
+from tests.jobs_support import Gate, app_of, gated, wait_until
 from web.jobs import registry_of
-from web.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -36,9 +35,9 @@ def gate() -> Gate:
 
 @pytest.fixture(scope="module")
 def server(gate: Gate) -> Iterator[LiveServer]:
-    settings = Settings.load(environ={}, ttl=TTL_SECONDS, max_ttl=3600, queue_size=QUEUE_SIZE,
+    settings = make_settings(ttl=TTL_SECONDS, max_ttl=3600, queue_size=QUEUE_SIZE,
                              sweep_interval=1.0)
-    with LiveServer(create_app(settings, wrap_pipeline=gated(gate))) as live:
+    with live_server(settings, wrap_pipeline=gated(gate)) as live:
         yield live
 
 
@@ -177,7 +176,7 @@ def test_queue_full_says_so(page: playwright_sync.Page, server: LiveServer,
         assert page.get_by_role("button", name="Generate", exact=True).is_enabled()
         shot(page, "queue-full")
     gate.open()
-    jobs = registry_of(server.app.state.services)
+    jobs = registry_of(app_of(server).state.services)
     wait_until(lambda: all(job.ticket is None for job in list(jobs.jobs.values())),
                "the queue to drain")
     # The 429 is the only error the browser logs (as a failed resource load).

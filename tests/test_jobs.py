@@ -17,18 +17,17 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.helpers import LiveServer, live_server, make_settings
 from tests.jobs_support import (
     Event,
     Gate,
-    LiveServer,
     OffsetClock,
+    app_of,
     async_wait_until,
     gated,
     read_events,
 )
-from web.app import create_app
 from web.jobs import JobRegistry, registry_of
-from web.settings import Settings
 
 PROMPT = "a red circle on a blue background"
 QUEUE_SIZE = 4
@@ -46,14 +45,13 @@ def clock() -> OffsetClock:
 
 @pytest.fixture(scope="module")
 def server(gate: Gate, clock: OffsetClock) -> Iterator[LiveServer]:
-    settings = Settings.load(environ={}, ttl=600, max_ttl=3600, queue_size=QUEUE_SIZE,
-                             sweep_interval=1.0)
-    with LiveServer(create_app(settings, clock=clock, wrap_pipeline=gated(gate))) as live:
+    settings = make_settings(ttl=600, max_ttl=3600, queue_size=QUEUE_SIZE, sweep_interval=1.0)
+    with live_server(settings, clock=clock, wrap_pipeline=gated(gate)) as live:
         yield live
 
 
 def registry(server: LiveServer) -> JobRegistry:
-    return registry_of(server.app.state.services)
+    return registry_of(app_of(server).state.services)
 
 
 @pytest.fixture
