@@ -290,15 +290,16 @@ def test_an_expired_image_is_gone_from_both(
 def test_a_hung_redis_gives_fast_503s_and_nothing_is_served_past_expiry(
     a: httpx.Client, b: httpx.Client, minted: list[str], redis_server: RedisServer
 ) -> None:
+    long_path = image_path(generate(b, minted))
     short = generate(a, minted, ttl_seconds=3)
     short_path, short_expiry = image_path(short), short["data"][0]["expires_at"]
-    long_path = image_path(generate(b, minted))
+    assert b.get(short_path).status_code == 200
 
     redis_server.pause()  # like a partition: connections open, no answers
     try:
         expect_store_unavailable(a, long_path)
         expect_store_unavailable(b, short_path)
-        fails_fast(lambda: a.post("/v1/images/generations", timeout=FAIL_FAST_SECONDS + 30,
+        fails_fast(lambda: b.post("/v1/images/generations", timeout=FAIL_FAST_SECONDS + 30,
                                   json={"prompt": PROMPT, "size": "32x32",
                                         "num_inference_steps": 2}))
         # The short image expires while Redis cannot act on anything.
