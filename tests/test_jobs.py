@@ -249,21 +249,23 @@ async def test_idempotency_key(client: httpx.AsyncClient, server: LiveServer) ->
     assert len(registry(server).jobs) == count + 1
 
 
+def tasks_in_server(server: LiveServer) -> int:
+    """How many asyncio tasks the server's event loop holds right now."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    loop = server.server.servers[0].get_loop()
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(10)
+
+
 async def test_sse_disconnect_cancels_nothing_and_leaks_nothing(client: httpx.AsyncClient,
                                                                gate: Gate,
                                                                server: LiveServer) -> None:
     running = await hold_device(client, gate, steps=3)
     jobs = registry(server)
-    assert jobs.loop is not None
-
-    async def count_tasks() -> int:
-        return len(asyncio.all_tasks())
-
-    def tasks_in_server() -> int:
-        return asyncio.run_coroutine_threadsafe(count_tasks(), jobs.loop).result(10)
-
     await wait_for_status(client, running, "running")
-    baseline = tasks_in_server()
+    baseline = tasks_in_server(server)
     assert jobs.subscriber_count() == 0
     for _ in range(3):
         async with client.stream("GET", f"/v1/jobs/{running}/events") as response:
@@ -271,9 +273,45 @@ async def test_sse_disconnect_cancels_nothing_and_leaks_nothing(client: httpx.As
             assert first.name in ("queued", "started")
             assert jobs.subscriber_count() == 1
     await async_wait_until(lambda: jobs.subscriber_count() == 0, "the subscriber to go")
-    await async_wait_until(lambda: tasks_in_server() == baseline, "the stream's tasks to end")
+    await async_wait_until(lambda: tasks_in_server(server) == baseline,
+                           "the stream's tasks to end")
     gate.open()
     assert (await wait_for_status(client, running, "succeeded"))["cancel_requested"] is False
+    assert gate.calls[-1].steps_run == 3
+
+
+async def test_sync_request_disconnect_cancels_nothing_and_leaks_nothing(
+        client: httpx.AsyncClient, gate: Gate, server: LiveServer) -> None:
+    services = app_of(server).state.services
+    baseline = tasks_in_server(server)
+    stored = (await services.store.stats()).count
+    gate.hold()
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as leaving:
+        body = {"prompt": PROMPT, "size": "32x32", "num_inference_steps": 3}
+        request = asyncio.create_task(leaving.post("/v1/images/generations", json=body))
+        await async_wait_until(lambda: len(gate.calls) == 1, "the request to reach the device")
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    gate.open()
+    # The generation ran to its end and was stored as usual; nothing is left behind.
+    await async_wait_until(lambda: tasks_in_server(server) == baseline,
+                           "the request's tasks to end")
+    assert gate.calls[0].steps_run == 3
+    assert services.engine.queue_depth() == 0
+    assert (await services.store.stats()).count == stored + 1
+
+
+async def test_a_job_from_an_init_image(client: httpx.AsyncClient, gate: Gate) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    created = await post_job(client, steps=4, init_image=init, strength=0.5)
+    done = await wait_for_status(client, created["id"], "succeeded")
+    # Strength 0.5 redraws half the schedule: two of the four steps.
+    assert done["progress"] == {"step": 2, "total": 2}
+    assert gate.calls[-1].steps_run == 2
+    assert init not in str(done)
 
 
 async def test_previews_when_asked_and_only_then(client: httpx.AsyncClient, gate: Gate,

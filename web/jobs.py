@@ -41,6 +41,7 @@ from web.generate import (
     wait_for_result,
 )
 from web.generation_params import GenerationInput, find_model, parse_native
+from web.image_inputs import ImageInputs, native_inputs
 from web.job_state import TERMINAL_EVENTS, JobEvent, JobRecord
 from web.request_log import log_fields, request_id_of
 from web.routing import public_base_url, services_of
@@ -103,7 +104,6 @@ class JobRegistry:
         # sha256 of an Idempotency-Key -> (job id, sha256 of the body it came with)
         self.idempotency: dict[str, tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     def get(self, job_id: str) -> Job | None:
@@ -126,22 +126,23 @@ class JobRegistry:
                            param="Idempotency-Key", code="idempotency_key_reused")
         return job
 
-    def start(self, gen: GenerationInput, ttl: float, base_url: str, request_id: str,
-              previews: bool, key: tuple[str, str] | None) -> Job:
+    def start(self, gen: GenerationInput, inputs: ImageInputs, ttl: float, base_url: str,
+              request_id: str, previews: bool, key: tuple[str, str] | None) -> Job:
         """Queue the generation as a new job (QueueFull -> 429 leaves nothing behind)."""
         loop = asyncio.get_running_loop()
-        self.loop = loop
         record = JobRecord(id="job_" + secrets.token_urlsafe(24), model=gen.model,
                            created_at=self.services.clock(), ttl_seconds=ttl)
         job = Job(record)
-        request = to_request(gen, request_id, want_previews=previews)
+        request = to_request(gen, request_id, inputs.init_image, inputs.mask_image,
+                             want_previews=previews)
         job.ticket = submit(self.services, request, on_progress=self._progress_hook(job, loop))
         self.jobs[record.id] = job
         if key is not None:
             self.idempotency[key[0]] = (record.id, key[1])
         position = self.services.engine.position(job.ticket)
         self.publish(job, record.queued(position) if position is not None else record.started())
-        # The job's own copy of the input keeps no prompt; only the worker's request does.
+        # The job's own copy of the input keeps no prompt; only the worker's request does (with
+    # any init image and mask), and the job lets go of it when it ends.
         kept = dataclasses.replace(gen, prompt="", negative_prompt=None)
         self._spawn(self._run(job, kept, ttl, base_url))
         if self._watcher is None or self._watcher.done():
@@ -334,13 +335,15 @@ async def create_job(request: Request) -> JSONResponse:
                steps=gen.steps, guidance=gen.guidance, seed=gen.seed,
                output_format=gen.output_format)
     check_prompt(services, gen)
+    inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     ttl = await resolve_ttl(services, gen)
     assert ttl is not None  # jobs always store their images
     # Checked again after the await: a twin request may have created the job meanwhile.
     if key_hash is not None and (earlier := registry.replay(key_hash, digest)) is not None:
         return accepted(earlier, replayed=True)
-    job = registry.start(gen, ttl, public_base_url(request), request_id_of(request), previews,
-                         None if key_hash is None else (key_hash, digest))
+    key = None if key_hash is None else (key_hash, digest)
+    job = registry.start(gen, inputs, ttl, public_base_url(request), request_id_of(request),
+                         previews, key)
     log_fields(request, job_id_hash=job_id_hash(job.record.id), ttl_seconds=ttl)
     return accepted(job, replayed=False)
 
