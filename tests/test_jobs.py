@@ -143,6 +143,10 @@ async def test_lifecycle_and_replay_of_a_finished_job(client: httpx.AsyncClient,
     # Resuming after the progress event (Last-Event-ID) replays only what came later.
     resumed = await all_events(client, created["id"], {"Last-Event-ID": str(events[2].id)})
     assert [e.name for e in resumed] == ["succeeded"]
+    # After the end has been seen, 204: an EventSource stops reconnecting.
+    seen_all = await client.get(f"/v1/jobs/{created['id']}/events",
+                                headers={"Last-Event-ID": str(events[-1].id)})
+    assert seen_all.status_code == 204
     assert (await get_job(client, blocker))["status"] == "succeeded"
 
 

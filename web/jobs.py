@@ -404,8 +404,12 @@ async def event_stream(registry: JobRegistry, job: Job, after_seq: int) -> Async
 
 async def job_events(request: Request) -> Response:
     registry, job = _job_of(request)
+    after_seq = last_event_id(request)
+    if job.record.status.ended and all(e.seq <= after_seq for e in job.record.history):
+        # The client has seen the end; 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204)
     return StreamingResponse(
-        event_stream(registry, job, last_event_id(request)),
+        event_stream(registry, job, after_seq),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

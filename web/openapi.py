@@ -150,9 +150,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/jobs/{job_id}/events": {"get": {
         "summary": "Server-Sent Events: queued, started, progress, then succeeded, failed "
                    "or canceled; a late client first gets the state so far",
-        "parameters": [JOB_PARAM],
+        "parameters": [JOB_PARAM, {"name": "Last-Event-ID", "in": "header",
+                                   "required": False, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "The event stream",
                               "content": {"text/event-stream": {}}},
+                      "204": {"description": "Last-Event-ID already saw the end"},
                       "404": {"description": "Unknown or expired job"}}}},
     "/v1/batches": {"post": {
         "summary": "Queue many requests at once: JSON Lines (or a JSON array) of "
