@@ -27,6 +27,7 @@ from tests.jobs_support import (
     gated,
     read_events,
 )
+from web.job_state import JobRecord, JobStatus
 from web.jobs import JobRegistry, registry_of
 
 PROMPT = "a red circle on a blue background"
@@ -411,3 +412,33 @@ async def test_unknown_model_and_job(client: httpx.AsyncClient) -> None:
     bad_key = await client.post("/v1/jobs", json=job_body(), headers=too_long)
     assert bad_key.status_code == 400
     assert bad_key.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_record_replay_keeps_the_latest_event_of_each_kind() -> None:
+    record = JobRecord(id="job_a", model="shapes", created_at=100.0, ttl_seconds=60.0)
+    assert [e.name for e in record.queued(2) + record.queued(2) + record.queued(1)] == [
+        "queued", "queued"]
+    # A first step seen before the start is noticed starts the job too.
+    assert [e.name for e in record.progressed(1, 3, "data:p1")] == ["started", "progress"]
+    record.progressed(2, 3, "data:p2")
+    assert [(e.name, e.data) for e in record.history] == [
+        ("queued", {"position": 1}), ("started", {}),
+        ("progress", {"step": 2, "total": 3, "preview": "data:p2"})]
+    assert [e.seq for e in record.history] == [2, 3, 5]
+    [ended] = record.canceled(now=110.0)
+    assert (ended.name, ended.seq, record.expires_at) == ("canceled", 6, 170.0)
+    # The end drops previews from the replay; nothing changes an ended record.
+    assert record.history[2].data == {"step": 2, "total": 3}
+    assert record.failed("x", "y", now=111.0) + record.progressed(3, 3, None) == []
+    assert record.started() + record.queued(1) == []
+    assert (record.status, record.expired(169.9), record.expired(170.0)) == (
+        JobStatus.CANCELED, False, True)
+
+
+def test_a_succeeded_record_expires_with_its_last_image() -> None:
+    record = JobRecord(id="job_b", model="shapes", created_at=100.0, ttl_seconds=60.0)
+    images = [{"url": "u1", "expires_at": 161.0}, {"url": "u2", "expires_at": 162.0}]
+    [event] = record.succeeded(images, seed=5, device_seconds=0.123456, now=102.0)
+    assert event.data == {"images": images, "seed": 5, "device_seconds": 0.1235,
+                          "expires_at": 162.0}
+    assert record.view()["status"] == "succeeded" and record.view()["ended_at"] == 102.0

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +141,8 @@ class JobRegistry:
             self.idempotency[key[0]] = (record.id, key[1])
         position = self.services.engine.position(job.ticket)
         self.publish(job, record.queued(position) if position is not None else record.started())
-        # The job's own copy of the input keeps no prompt; only the worker's request does (with
-    # any init image and mask), and the job lets go of it when it ends.
+        # The job's own copy of the input keeps no prompt; only the worker's request does
+        # (with any init image and mask), and the job lets go of it when it ends.
         kept = dataclasses.replace(gen, prompt="", negative_prompt=None)
         self._spawn(self._run(job, kept, ttl, base_url))
         if self._watcher is None or self._watcher.done():
@@ -189,7 +189,7 @@ class JobRegistry:
                                 if value[0] not in dropped}
         return gone
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
