@@ -51,24 +51,26 @@ def unsupported(field: str) -> ApiError:
 
 
 def decode_image(data: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
-    """Decode one upload; 415 for what is not an allowed image, 413 for too many pixels."""
+    """Decode and orient one upload: 415 if not an allowed image, 413 if too many pixels."""
     if not data:
         raise bad_request(f"'{field}' is empty.", field)
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise _too_many_pixels(field, max_pixels)
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except ApiError:
+        raise
     except UnidentifiedImageError:
         raise unsupported(field) from None
     except Image.DecompressionBombError:
         raise _too_many_pixels(field, max_pixels) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise _too_many_pixels(field, max_pixels)
-    try:
-        image.load()
     except Exception:
-        # Any decoder fault on client bytes (truncated, corrupt) is the client's 400, not a 500.
+        # Any other decoder fault on client bytes (truncated, corrupt, a text-chunk bomb)
+        # is the client's 400, never a 500.
         raise bad_request(f"'{field}' could not be decoded.", field) from None
-    return image
 
 
 def _too_many_pixels(field: str, max_pixels: int) -> ApiError:
@@ -122,13 +124,10 @@ def _transparent_area(image: Image.Image) -> Image.Image | None:
 
 def prepare(image: Image.Image, mask: Image.Image | None, size: tuple[int, int],
             mask_field: str) -> ImageInputs:
-    """Orient, check sizes agree, derive the mask, resize both to the output size."""
-    image = ImageOps.exif_transpose(image)
-    if mask is not None:
-        mask = ImageOps.exif_transpose(mask)
-        if mask.size != image.size:
-            raise bad_request(f"'{mask_field}' must have the same size as the image "
-                              f"({image.size[0]}x{image.size[1]}).", mask_field)
+    """Check sizes agree, derive the mask, resize both to the output size."""
+    if mask is not None and mask.size != image.size:
+        raise bad_request(f"'{mask_field}' must have the same size as the image "
+                          f"({image.size[0]}x{image.size[1]}).", mask_field)
     area = _repaint_area(mask) if mask is not None else _transparent_area(image)
     init = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
     if area is None:

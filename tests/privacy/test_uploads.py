@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
+import zlib
 from typing import Any
 
 import httpx
@@ -58,11 +60,30 @@ async def test_an_image_of_a_format_not_allowed_is_415(client: httpx.AsyncClient
     assert_error(native, 415, "init_image")
 
 
-async def test_what_is_not_an_image_is_415_and_a_broken_image_400(
-        client: httpx.AsyncClient) -> None:
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+IHDR_END = 8 + 25  # signature + IHDR chunk
+BROKEN_IMAGES = {
+    "truncated": PNG[: len(PNG) // 2],
+    "empty": b"",
+    "no-pixels": PNG[:IHDR_END] + chunk(b"IEND", b""),
+    # 50 MB of zeros in a compressed text chunk: a bomb in the metadata, not the pixels.
+    "text-chunk-bomb": PNG[:IHDR_END] + chunk(b"zTXt", b"k\0\0" + zlib.compress(
+        b"\0" * (50 * 2**20))) + PNG[IHDR_END:],
+    "broken-webp": b"RIFF\x20\x00\x00\x00WEBPVP8 " + b"\x00" * 20,
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_IMAGES.values()), ids=list(BROKEN_IMAGES))
+async def test_a_broken_image_is_400_never_500(client: httpx.AsyncClient, broken: bytes) -> None:
+    assert_error(await edit(client, image=broken), 400, "image")
+    assert_error(await edit(client, image=PNG, mask=broken), 400, "mask")
+
+
+async def test_what_is_not_an_image_is_415(client: httpx.AsyncClient) -> None:
     assert_error(await edit(client, image=b"%PDF-1.7 not an image"), 415, "image")
-    assert_error(await edit(client, image=PNG[: len(PNG) // 2]), 400, "image")
-    assert_error(await edit(client, image=b""), 400, "image")
     data_url = await client.post(NATIVE, json={**NATIVE_BODY,
                                                "init_image": f"data:text/plain;base64,{b64(PNG)}"})
     assert_error(data_url, 415, "init_image")
