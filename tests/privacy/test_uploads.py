@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import struct
 import zlib
 from typing import Any
@@ -196,3 +197,29 @@ def test_the_parser_refuses_bad_forms(data: bytes, status: int) -> None:
         parse_multipart(data, CONTENT_TYPE, Limits(max_parts=4, max_field_bytes=64,
                                                    max_file_bytes=128), KNOWN)
     assert refused.value.status == status
+
+
+def test_the_parser_answers_any_mangled_form_with_parts_or_an_api_error() -> None:
+    valid = body('Content-Disposition: form-data; name="prompt"\r\n\r\na red circle',
+                 'Content-Disposition: form-data; name="image"; filename="i.png"\r\n\r\n'
+                 + "x" * 40)
+    rng = random.Random(0)
+    for _ in range(2000):
+        mangled = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(mangled))
+            action = rng.choice(("flip", "cut", "insert", "delete"))
+            if action == "flip":
+                mangled[at] = rng.randrange(256)
+            elif action == "cut":
+                del mangled[at:]
+            elif action == "insert":
+                mangled[at:at] = rng.choice([b"\r\n", b"--", b'"', b";", b"\\", BOUNDARY.encode()])
+            else:
+                del mangled[at:at + rng.randint(1, 8)]
+            if not mangled:
+                break
+        try:
+            fields_and_files(parse_multipart(bytes(mangled), CONTENT_TYPE, Limits(), KNOWN), KNOWN)
+        except ApiError as refused:
+            assert refused.status in (400, 413)
