@@ -191,7 +191,13 @@ def test_phone_width_and_keyboard(browser: playwright_sync.Browser, server: Live
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:
-        open_model_page(page, server)
+        page.goto(server.url + "/")
+        link = page.get_by_role("link", name="shapes", exact=True)
+        link.wait_for()
+        shot(page, "index-phone")
+        link.click()
+        page.wait_for_url(server.url + "/models/shapes")
+        page.wait_for_function("() => document.querySelector('#size').options.length > 0")
         choose(page, "32x32", 4)
         # Keyboard only: focus the prompt, write, Ctrl+Enter.
         page.get_by_label("Prompt", exact=True).focus()

@@ -18,9 +18,11 @@ function serverNow() {
 }
 
 function formatLeft(seconds) {
-  if (seconds >= 3600) return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
-  if (seconds >= 60) return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
-  return seconds + " s";
+  const [big, bigUnit, small, smallUnit] = seconds >= 3600
+    ? [Math.floor(seconds / 3600), " h", Math.floor((seconds % 3600) / 60), " min"]
+    : seconds >= 60 ? [Math.floor(seconds / 60), " min", seconds % 60, " s"] : [0, "", seconds, " s"];
+  if (!big) return small + smallUnit;
+  return big + bigUnit + (small ? " " + small + smallUnit : "");
 }
 
 function setStatus(text, kind = "") {
