@@ -1,8 +1,10 @@
 """The batches of this process, and the tasks that run them and end their retention.
 
 One task feeds batch lines to the engine one at a time in the BULK lane, so
-the device takes a bulk line only when no interactive request is waiting,
-and an interactive request waits behind at most one bulk line. Another task
+the device takes a bulk line only when no interactive request is waiting.
+A bulk line on the device yields too: when a request queues behind it, the
+line is canceled at its next step and queued again (same seed, same image),
+so an interactive request waits for one step, not a whole line. Another task
 drops batches at the end of their retention: key first, then the files.
 """
 
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from imagegen.batcher import Lane, QueueFull, Ticket
-from imagegen.types import GenerationRequest
+from imagegen.types import GenerationRequest, GenerationResult
+from imagegen.worker import JobCanceled
 from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir
 from web.bulk_parse import LineError, validate_body
 from web.bulk_state import Batch, BatchStatus, new_batch_id
@@ -33,6 +36,10 @@ log = logging.getLogger("imagegen.bulk")
 # Batches queued or running at once; each holds a file on disk until it has run.
 MAX_OPEN_BATCHES = 16
 QUEUE_FULL_RETRY_SECONDS = 0.5
+# How often a bulk line on the device looks for requests queued behind it.
+YIELD_POLL_SECONDS = 0.005
+# A line yields at most this often, then runs to the end: every line makes progress.
+MAX_YIELDS_PER_LINE = 8
 UNREADABLE_INPUT = ("input_unreadable", "The encrypted input line failed authentication "
                     "(it was changed or moved on disk), so it was not run.")
 UNREADABLE_OUTPUT = ("output_unreadable", "The encrypted result line failed authentication "
@@ -200,13 +207,7 @@ class BulkRunner:
 
     async def _generate(self, batch: Batch, gen: GenerationInput) -> dict[str, Any]:
         services = self.services
-        request = to_request(gen, new_request_id())
-        ticket = await self._submit(request)
-        try:
-            result = await wait_for_result(services, ticket)
-        except asyncio.CancelledError:
-            services.engine.cancel(ticket)
-            raise
+        result = await self._on_device(to_request(gen, new_request_id()))
         # The images die with the batch (or sooner, when the line asked for less).
         ttl = batch.expires_at - services.clock()
         if gen.ttl_seconds is not None:
@@ -222,6 +223,32 @@ class BulkRunner:
             "ignored_words": result.ignored_words,
             "device_seconds": round(result.device_seconds, 4),
         }
+
+    async def _on_device(self, request: GenerationRequest) -> GenerationResult:
+        """Run one line, yielding the device to requests that queue behind it."""
+        yields = 0
+        while True:
+            ticket = await self._submit(request)
+            waiting = asyncio.ensure_future(wait_for_result(self.services, ticket))
+            yielded = False
+            try:
+                while not waiting.done():
+                    await asyncio.wait({waiting}, timeout=YIELD_POLL_SECONDS)
+                    if not yielded and yields < MAX_YIELDS_PER_LINE and self._behind(ticket):
+                        self.services.engine.cancel(ticket)  # stops at its next step
+                        yielded = True
+                        yields += 1
+            except asyncio.CancelledError:
+                waiting.cancel()
+                self.services.engine.cancel(ticket)
+                raise
+            if not yielded or not isinstance(waiting.exception(), JobCanceled):
+                return waiting.result()
+
+    def _behind(self, ticket: Ticket) -> bool:
+        # This runner has one ticket out, so anything queued is someone else waiting.
+        return ticket.started and not ticket.future.done() and (
+            self.services.engine.queue_depth() > 0)
 
     async def _submit(self, request: GenerationRequest) -> Ticket:
         while True:

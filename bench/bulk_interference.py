@@ -1,0 +1,118 @@
+"""How much a running batch slows interactive requests: p50 latency with and without one.
+
+Interactive requests arrive one at a time, after seeded random pauses (so they
+land anywhere within a bulk line), first on an idle service, then while a
+200-line batch runs in the BULK lane (a bulk line on the device yields at its
+next step to a request queued behind it). Prints figures and ratios, asserts
+nothing.
+
+    python -m bench.bulk_interference [--lines 200] [--requests 40] [--steps 20] [--size 64]
+        [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from web.app import create_app
+from web.bulk_files import default_batch_dir
+from web.settings import Settings
+
+PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=200, help="lines in the batch")
+    parser.add_argument("--requests", type=int, default=40, help="interactive requests per run")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--pause", type=float, default=0.05,
+                        help="mean seconds between interactive requests")
+    # One intra-op thread: on a small shared CPU more threads oversubscribe it (10x slower).
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
+    return parser.parse_args()
+
+
+async def interactive_latencies(client: httpx.AsyncClient, args: argparse.Namespace,
+                                seed: int) -> list[float]:
+    pauses = random.Random(seed)
+    latencies = []
+    for index in range(args.requests):
+        await asyncio.sleep(pauses.expovariate(1 / args.pause))
+        body = {"prompt": PROMPTS[index % len(PROMPTS)], "seed": index, "width": args.size,
+                "height": args.size, "num_inference_steps": args.steps}
+        started = time.perf_counter()
+        response = await client.post("/v1/inference/shapes", json=body)
+        latencies.append(time.perf_counter() - started)
+        response.raise_for_status()
+    return latencies
+
+
+async def submit_batch(client: httpx.AsyncClient, args: argparse.Namespace) -> str:
+    lines = [{"custom_id": f"line-{i}",
+              "body": {"prompt": PROMPTS[i % len(PROMPTS)], "seed": 10_000 + i,
+                       "width": args.size, "height": args.size,
+                       "num_inference_steps": args.steps}} for i in range(args.lines)]
+    body = "\n".join(json.dumps(line) for line in lines)
+    response = await client.post("/v1/batches", content=body,
+                                 headers={"content-type": "application/jsonl"})
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+async def batch_status(client: httpx.AsyncClient, batch_id: str) -> dict[str, Any]:
+    return dict((await client.get(f"/v1/batches/{batch_id}")).json())
+
+
+async def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    settings = Settings.load(port=48123, queue_size=max(32, args.requests))
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench",
+                                     timeout=600) as client:
+            await interactive_latencies(client, args, seed=0)  # warm-up
+            alone = await interactive_latencies(client, args, seed=1)
+            batch_id = await submit_batch(client, args)
+            while (await batch_status(client, batch_id))["counts"]["done"] < 1:
+                await asyncio.sleep(0.01)
+            with_batch = await interactive_latencies(client, args, seed=1)
+            during = await batch_status(client, batch_id)
+            await client.delete(f"/v1/batches/{batch_id}")
+    Path(default_batch_dir(settings)).rmdir()  # empty: the batch was dropped at shutdown
+    report(args, alone, with_batch, during)
+
+
+def report(args: argparse.Namespace, alone: list[float], with_batch: list[float],
+           during: dict[str, Any]) -> None:
+    p50_alone, p50_batch = statistics.median(alone), statistics.median(with_batch)
+    lines_done = during["counts"]["done"] + during["counts"]["failed"]
+    print(f"{args.requests} interactive requests, {args.size}x{args.size}, {args.steps} steps; "
+          f"batch of {args.lines} lines, same parameters")
+    print(f"interactive p50 alone:            {p50_alone * 1000:8.1f} ms")
+    print(f"interactive p50 with batch:       {p50_batch * 1000:8.1f} ms")
+    print(f"ratio (with batch / alone):       {p50_batch / p50_alone:8.2f}")
+    print(f"interactive p90 ratio:            "
+          f"{_p90(with_batch) / _p90(alone):8.2f}")
+    print(f"batch still running at the end:   {during['status'] == 'running'} "
+          f"({lines_done} of {args.lines} lines run)")
+
+
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1]
+
+
+if __name__ == "__main__":
+    asyncio.run(run(parse_args()))
