@@ -137,15 +137,19 @@ def test_generate_watch_progress_cancel_and_see_expiry(page: playwright_sync.Pag
     image_url = page.locator("figure.result img").get_attribute("src")
     shot(page, "done")
 
-    # A second, long job, canceled while it runs.
+    # A second, long job, started and canceled from the keyboard while it runs: focus moves
+    # to Cancel while the job runs, and back to Generate after.
     page.get_by_label("Steps", exact=True).fill("50")
-    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_role("button", name="Generate", exact=True).focus()
+    page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('progress').value >= 1")
-    page.get_by_role("button", name="Cancel", exact=True).click()
+    assert page.evaluate("document.activeElement.id") == "cancel"
+    page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('status').textContent"
                            ".startsWith('Canceled')")
     assert page.locator("figure.result").count() == 1
     assert page.get_by_role("button", name="Generate", exact=True).is_enabled()
+    assert page.evaluate("document.activeElement.id") == "generate"
     assert gate.calls[-1].steps_run < 50
     shot(page, "canceled")
 

@@ -137,8 +137,12 @@ function requestBody() {
 }
 
 function setBusy(busy) {
-  $("generate").disabled = busy;
-  $("cancel").disabled = !busy;
+  // Keyboard focus follows the button that can act: a disabled button loses it.
+  const [from, to] = busy ? ["generate", "cancel"] : ["cancel", "generate"];
+  const hadFocus = document.activeElement === $(from);
+  $(to).disabled = false;
+  $(from).disabled = true;
+  if (hadFocus) $(to).focus();
   $("generate-form").setAttribute("aria-busy", String(busy));
 }
 
@@ -237,8 +241,8 @@ function finish(message, kind) {
 }
 
 async function cancelJob() {
-  if (!job) return;
-  $("cancel").disabled = true;
+  if (!job || job.canceling) return;
+  job.canceling = true;
   setStatus("Canceling…");
   const response = await fetch("/v1/jobs/" + encodeURIComponent(job.id), { method: "DELETE" });
   if (response.status === 409) setStatus("Too late to cancel: the job had already finished.");
