@@ -22,7 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagegen.pipelines.base import PipelineOutput, TextToImagePipeline
+from imagegen.pipelines.base import Cancelled, PipelineOutput, TextToImagePipeline
 from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, make_settings, running_app
 from web.bulk_runner import BulkRunner
 from web.bulk_state import Batch
@@ -109,15 +109,20 @@ class Gate:
         assert await asyncio.to_thread(self.held.wait, 60), "no pipeline call arrived"
 
 
-class GatedPipeline:
-    def __init__(self, inner: TextToImagePipeline, gate: Gate) -> None:
+class WrappedPipeline:
+    def __init__(self, inner: TextToImagePipeline) -> None:
         self.inner = inner
-        self.gate = gate
         self.device = inner.device
         self.dtype = inner.dtype
 
     def check_prompt(self, prompt: str) -> int:
         return self.inner.check_prompt(prompt)
+
+
+class GatedPipeline(WrappedPipeline):
+    def __init__(self, inner: TextToImagePipeline, gate: Gate) -> None:
+        super().__init__(inner)
+        self.gate = gate
 
     def __call__(self, prompts: list[str], **kwargs: Any) -> PipelineOutput:
         self.gate.calls += 1
@@ -445,3 +450,68 @@ async def test_restart_mid_batch_removes_unreadable_files(
         ended = await wait_until_ended(old, batch_id)
         assert ended["status"] == "failed"
         assert list(batch_dir.iterdir()) == []
+
+
+class YieldProbe:
+    """Records each pipeline call's prompt and end; holds the first bulk call on its first
+    step until the worker says stop (which happens only when the bulk line yields)."""
+
+    bulk_prompt = "a red circle"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.bulk_on_device = threading.Event()
+
+    def wrap(self, name: str, pipeline: TextToImagePipeline) -> TextToImagePipeline:
+        return ProbedPipeline(pipeline, self)
+
+
+class ProbedPipeline(WrappedPipeline):
+    def __init__(self, inner: TextToImagePipeline, probe: YieldProbe) -> None:
+        super().__init__(inner)
+        self.probe = probe
+
+    def __call__(self, prompts: list[str], **kwargs: Any) -> PipelineOutput:
+        probe, step_callback = self.probe, kwargs.pop("step_callback")
+        first_bulk = prompts[0] == probe.bulk_prompt and not probe.bulk_on_device.is_set()
+
+        def on_step(step: int, total: int, latents: Any) -> bool:
+            if not first_bulk:
+                return bool(step_callback(step, total, latents))
+            probe.bulk_on_device.set()
+            deadline = time.monotonic() + 30  # a guard: without a yield the line finishes
+            while step_callback(step, total, latents):
+                if time.monotonic() > deadline:
+                    return True
+                time.sleep(0.005)
+            return False
+
+        try:
+            output = self.inner(prompts, step_callback=on_step, **kwargs)
+        except Cancelled:
+            probe.calls.append((prompts[0], "canceled"))
+            raise
+        probe.calls.append((prompts[0], "finished"))
+        return output
+
+
+async def test_a_bulk_line_yields_the_device_to_an_interactive_request(tmp_path: Path) -> None:
+    probe = YieldProbe()
+    async with running_app(settings_for(tmp_path), wrap_pipeline=probe.wrap) as client:
+        batch_id = (await submit(client, [line(1, probe.bulk_prompt, num_inference_steps=4),
+                                          line(2, probe.bulk_prompt)]))["id"]
+        assert await asyncio.to_thread(probe.bulk_on_device.wait, 60)
+        interactive = await client.post("/v1/inference/shapes",
+                                        json={"prompt": "a blue square", **TINY})
+        assert interactive.status_code == 200
+        ended = await wait_until_ended(client, batch_id)
+        assert ended["counts"] == {"total": 2, "done": 2, "failed": 0}
+        assert probe.calls == [(probe.bulk_prompt, "canceled"), ("a blue square", "finished"),
+                               (probe.bulk_prompt, "finished"), (probe.bulk_prompt, "finished")]
+        # The line that yielded ran again from its seed: the same image as the native API's.
+        record = (await output_of(client, batch_id))[0]
+        served = await image_at(client, record["response"]["images"][0])
+        native = await client.post("/v1/inference/shapes", json={
+            **line(1, probe.bulk_prompt, num_inference_steps=4)["body"], "output": "data_url"})
+        assert pixels(served.content) == pixels(
+            base64.b64decode(native.json()["images"][0].split(",", 1)[1]))
