@@ -6,6 +6,7 @@ parameters agree are run as one pipeline call, up to the model's max batch.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -102,24 +103,37 @@ class BatchState:
         Compatible means an equal batch_key; the batch holds at most
         max_images(model) images. Bulk never joins an interactive batch.
         """
-        for lane in Lane:
-            queue = self._lanes[lane]
-            if queue:
-                return self._take_compatible(queue, max_images)
-        return []
+        queue = self._first_queue()
+        if queue is None:
+            return []
+        batch = self._compatible(queue, max_images)
+        for ticket in batch:
+            queue.remove(ticket)
+        return batch
+
+    def next_batch_is_full(self, max_images: Callable[[str], int]) -> bool:
+        """Whether the next batch already has max_images(model) images: more cannot join it."""
+        queue = self._first_queue()
+        if queue is None:
+            return False
+        batch = self._compatible(queue, max_images)
+        limit = max_images(batch[0].request.params.model)
+        return sum(ticket.request.num_images for ticket in batch) >= limit
+
+    def _first_queue(self) -> deque[Ticket] | None:
+        return next((self._lanes[lane] for lane in Lane if self._lanes[lane]), None)
 
     @staticmethod
-    def _take_compatible(queue: deque[Ticket], max_images: Callable[[str], int]) -> list[Ticket]:
-        head = queue.popleft()
+    def _compatible(queue: deque[Ticket], max_images: Callable[[str], int]) -> list[Ticket]:
+        head = queue[0]
         batch = [head]
         room = max_images(head.request.params.model) - head.request.num_images
-        for ticket in list(queue):
+        for ticket in itertools.islice(queue, 1, None):
             if room <= 0:
                 break
             if batch_key(ticket.request) == batch_key(head.request) and (
                 ticket.request.num_images <= room
             ):
-                queue.remove(ticket)
                 batch.append(ticket)
                 room -= ticket.request.num_images
         return batch
@@ -128,9 +142,11 @@ class BatchState:
 class Batcher:
     """The thread-safe handle: the event loop submits, the worker thread takes."""
 
-    def __init__(self, capacity: int, max_images: Callable[[str], int]) -> None:
+    def __init__(self, capacity: int, max_images: Callable[[str], int],
+                 gather_seconds: float = 0.0) -> None:
         self._state = BatchState(capacity)
         self._max_images = max_images
+        self.gather_seconds = gather_seconds
         self._ready = threading.Condition()
         self._closed = False
 
@@ -161,11 +177,27 @@ class Batcher:
             self._ready.notify_all()
 
     def take(self, timeout: float) -> list[Ticket]:
-        """Block until a batch is ready (or timeout); called by the worker thread only."""
+        """Block until a batch is ready (or timeout); called by the worker thread only.
+
+        A request that finds the device idle runs at once. Requests that queued
+        while it was busy wait up to gather_seconds more for compatible ones to
+        fill their batch: clients whose results just came back resubmit within
+        milliseconds, and without the wait they would run out of phase in
+        batches of one (bench/batching.py, docs/performance.md).
+        """
         with self._ready:
             if not len(self._state):
                 self._ready.wait(timeout)
+            elif self.gather_seconds > 0 and not self._closed:
+                self._gather(time.monotonic() + self.gather_seconds)
             batch = self._state.next_batch(self._max_images)
             for ticket in batch:
                 ticket.started = True
             return batch
+
+    def _gather(self, deadline: float) -> None:
+        while not self._state.next_batch_is_full(self._max_images):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._ready.wait(left)

@@ -21,6 +21,7 @@ class Engine:
         pipelines: Mapping[str, TextToImagePipeline],
         queue_size: int,
         on_batch: Callable[[int, float], None] | None = None,
+        batch_wait: float = 0.0,
     ) -> None:
         self.specs = dict(specs)
         self.pipelines = dict(pipelines)
@@ -30,15 +31,16 @@ class Engine:
         self._batchers: dict[str, Batcher] = {}
         self._workers: dict[str, Worker] = {}
         for device, device_pipelines in by_device.items():
-            batcher = Batcher(queue_size, self._max_batch)
+            batcher = Batcher(queue_size, self._max_batch, batch_wait)
             self._batchers[device] = batcher
             self._workers[device] = Worker(device, batcher, device_pipelines, on_batch)
 
     @classmethod
     def load(cls, specs: Mapping[str, ModelSpec], queue_size: int,
-             on_batch: Callable[[int, float], None] | None = None) -> Engine:
+             on_batch: Callable[[int, float], None] | None = None,
+             batch_wait: float = 0.0) -> Engine:
         pipelines = {name: load_pipeline(spec) for name, spec in specs.items()}
-        return cls(specs, pipelines, queue_size, on_batch)
+        return cls(specs, pipelines, queue_size, on_batch, batch_wait)
 
     def _max_batch(self, model: str) -> int:
         return self.specs[model].max_batch

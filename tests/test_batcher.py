@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from imagegen.batcher import BatchState, Lane, QueueFull, Ticket
+from imagegen.batcher import Batcher, BatchState, Lane, QueueFull, Ticket
 from imagegen.types import GenerationRequest, SamplingParams
 
 SMALL = SamplingParams("shapes", 32, 32, 2, 3.0)
@@ -134,3 +136,51 @@ def test_a_full_queue_has_room_again_once_a_batch_is_taken() -> None:
     state.next_batch(lambda model: 8)
     state.append(ticket("c"))
     assert ids(state.next_batch(lambda model: 8)) == ["c"]
+
+
+def test_next_batch_is_full_when_no_more_images_fit() -> None:
+    state = BatchState(capacity=8)
+    assert not state.next_batch_is_full(lambda model: 3)
+    state.append(ticket("a", n=2))
+    assert not state.next_batch_is_full(lambda model: 3)
+    state.append(ticket("b", LARGE))  # incompatible: does not fill a's batch
+    assert not state.next_batch_is_full(lambda model: 3)
+    state.append(ticket("c", n=1))
+    assert state.next_batch_is_full(lambda model: 3)
+    assert len(state) == 3  # asking takes nothing
+
+
+# --- Batcher.take: the gather wait, with a real worker thread ------------------------------
+
+
+def take_in_thread(batcher: Batcher, timeout: float) -> tuple[threading.Thread, list[Ticket]]:
+    taken: list[Ticket] = []
+    thread = threading.Thread(target=lambda: taken.extend(batcher.take(timeout)))
+    thread.start()
+    return thread, taken
+
+
+def test_a_lone_request_on_an_idle_device_never_waits_for_company() -> None:
+    batcher = Batcher(8, lambda model: 4, gather_seconds=600)
+    thread, taken = take_in_thread(batcher, timeout=600)
+    batcher.submit(ticket("a"))
+    thread.join(60)  # liveness bound only: a gather wait would hold it for 600 s
+    assert not thread.is_alive()
+    assert ids(taken) == ["a"]
+
+
+def test_requests_queued_behind_a_busy_device_gather_until_the_batch_is_full() -> None:
+    batcher = Batcher(8, lambda model: 3, gather_seconds=600)
+    batcher.submit(ticket("a"))  # queued while the device was busy
+    thread, taken = take_in_thread(batcher, timeout=600)
+    batcher.submit(ticket("b"))
+    batcher.submit(ticket("c"))
+    thread.join(60)
+    assert not thread.is_alive()
+    assert ids(taken) == ["a", "b", "c"]
+
+
+def test_without_a_gather_wait_the_queued_request_runs_alone() -> None:
+    batcher = Batcher(8, lambda model: 3, gather_seconds=0)
+    batcher.submit(ticket("a"))
+    assert ids(batcher.take(timeout=600)) == ["a"]

@@ -45,7 +45,8 @@ def load_engine(settings: Settings, metrics: Metrics,
         name: load_pipeline(spec) for name, spec in specs.items()}
     if wrap is not None:
         pipelines = {name: wrap(name, pipeline) for name, pipeline in pipelines.items()}
-    return Engine(specs, pipelines, settings.queue_size, on_batch=metrics.batch_done)
+    return Engine(specs, pipelines, settings.queue_size, on_batch=metrics.batch_done,
+                  batch_wait=settings.batch_wait)
 
 
 def create_app(

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store-max-bytes", type=int, help="byte budget (IMAGEGEN_STORE_MAX_BYTES)")
     serve.add_argument("--redis-url", help="redis://host:port/db (IMAGEGEN_REDIS_URL)")
     serve.add_argument("--queue-size", type=int, help="queue slots (IMAGEGEN_QUEUE_SIZE)")
+    serve.add_argument("--batch-wait", type=float,
+                       help="seconds a busy device waits to fill a batch (IMAGEGEN_BATCH_WAIT)")
     serve.add_argument("--batch-retention", type=int,
                        help="bulk job retention, seconds (IMAGEGEN_BATCH_RETENTION)")
     serve.add_argument("--public-url", help="base of image URLs (IMAGEGEN_PUBLIC_URL)")
@@ -48,7 +50,8 @@ def serve(args: argparse.Namespace) -> None:
 
     options = {name: getattr(args, name) for name in (
         "host", "port", "models", "ttl", "max_ttl", "sweep_interval", "store", "store_dir",
-        "store_max_bytes", "redis_url", "queue_size", "batch_retention", "public_url")}
+        "store_max_bytes", "redis_url", "queue_size", "batch_wait", "batch_retention",
+        "public_url")}
     settings = Settings.load(**options)
     configure_logging(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,

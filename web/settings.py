@@ -28,6 +28,8 @@ class Settings:
     store_max_bytes: int = 512 * 1024 * 1024
     redis_url: str | None = None
     queue_size: int = 32
+    # Seconds requests queued behind a busy device wait for compatible ones to join their batch.
+    batch_wait: float = 0.02
     batch_retention: int = 3600
     # Encrypted bulk inputs and outputs; default: a private dir under the temp root.
     batch_dir: Path | None = None
@@ -66,6 +68,8 @@ class Settings:
         for name in ("ttl", "max_ttl", "sweep_interval", "store_max_bytes", "queue_size",
                      "batch_retention", "max_body_bytes", "request_timeout"):
             positive(name)
+        if not 0 <= self.batch_wait <= 1:
+            raise SettingsError("IMAGEGEN_BATCH_WAIT must be between 0 and 1 (seconds)")
         if not 0 < self.port < 65536:
             raise SettingsError("IMAGEGEN_PORT must be between 1 and 65535")
         if self.ttl > self.max_ttl:
