@@ -1,0 +1,124 @@
+"""Stable Diffusion-class models (SD 1.x/2.x, SDXL) from a local diffusers directory.
+
+diffusers' auto pipelines pick the right class from the directory's
+model_index.json; image-to-image and inpainting reuse the same loaded
+components (`from_pipe`), so a model is in memory once. Latents are decoded
+to images exactly once, by the pipeline itself (output_type="pil").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+)
+from PIL import Image
+
+from imagegen.pipelines.base import Cancelled, PipelineOutput
+
+StepCallback = Callable[[int, int, torch.Tensor], bool]
+# A diffusers pipeline object (StableDiffusers, StableDiffusionXLPipeline...):
+# their classes are resolved lazily at run time and type-check as untyped.
+Diffusers = Any
+
+
+class StableDiffusionFamily:
+    """Implements `TextToImagePipeline` over a diffusers SD or SDXL pipeline."""
+
+    def __init__(self, text2image: Diffusers, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        text2image.to(device)
+        self.text2image = text2image
+        self.image2image = AutoPipelineForImage2Image.from_pipe(text2image)
+        self.inpaint = AutoPipelineForInpainting.from_pipe(text2image)
+        for pipeline in (self.text2image, self.image2image, self.inpaint):
+            pipeline.set_progress_bar_config(disable=True)
+        self.device = device
+        self.dtype = dtype
+
+    def check_prompt(self, prompt: str) -> int:
+        """CLIP reads any text but only its first tokens: count the words cut off."""
+        tokenizer = self.text2image.tokenizer
+        ids = tokenizer(prompt, truncation=False).input_ids
+        if len(ids) <= tokenizer.model_max_length:
+            return 0
+        kept = tokenizer.decode(ids[1:tokenizer.model_max_length - 1], skip_special_tokens=True)
+        return max(0, len(prompt.split()) - len(kept.split()))
+
+    def __call__(
+        self,
+        prompts: list[str],
+        *,
+        negative_prompts: list[str | None],
+        generators: list[torch.Generator],
+        width: int,
+        height: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        init_images: list[Image.Image | None] | None = None,
+        mask_images: list[Image.Image | None] | None = None,
+        strength: float = 0.8,
+        step_callback: StepCallback | None = None,
+    ) -> PipelineOutput:
+        """One image per prompt; prompts[i] is sampled with generators[i]."""
+        if len(negative_prompts) != len(prompts) or len(generators) != len(prompts):
+            raise ValueError("prompts, negative_prompts and generators must have the same length")
+        ignored = [self.check_prompt(p) for p in prompts]
+        arguments: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": [p or "" for p in negative_prompts],
+            "generator": generators,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "output_type": "pil",
+            "callback_on_step_end": _on_step_end(step_callback),
+        }
+        pipeline = self._pick(width, height, init_images, mask_images, strength, arguments)
+        images = pipeline(**arguments).images
+        return PipelineOutput(list(images), ignored)
+
+    def _pick(self, width: int, height: int, init_images: list[Image.Image | None] | None,
+              mask_images: list[Image.Image | None] | None, strength: float,
+              arguments: dict[str, Any]) -> Diffusers:
+        if init_images is None:
+            arguments.update(width=width, height=height)
+            return self.text2image
+        if None in init_images:
+            raise ValueError("init_images must give one image per prompt")
+        arguments.update(strength=strength,
+                         image=[image.convert("RGB").resize((width, height))
+                                for image in init_images if image is not None])
+        if mask_images is None or all(mask is None for mask in mask_images):
+            return self.image2image
+        # No mask for an image means the whole image is repainted.
+        whole = Image.new("L", (width, height), 255)
+        arguments.update(width=width, height=height,
+                         mask_image=[whole if mask is None else mask.convert("L")
+                                     for mask in mask_images])
+        return self.inpaint
+
+
+def _on_step_end(step_callback: StepCallback | None) -> Callable[..., dict[str, Any]]:
+    def on_step_end(pipeline: Diffusers, step: int, timestep: Any,
+                    tensors: dict[str, Any]) -> dict[str, Any]:
+        if step_callback is not None:
+            total = int(pipeline.num_timesteps)
+            if step_callback(step, total, tensors["latents"]) is False:
+                raise Cancelled
+        return tensors
+
+    return on_step_end
+
+
+def load_stable_diffusion_pipeline(path: Path, device: torch.device,
+                                   dtype: torch.dtype) -> StableDiffusionFamily:
+    """Load from a local directory only; the hub is never asked."""
+    text2image = AutoPipelineForText2Image.from_pretrained(
+        path, torch_dtype=dtype, local_files_only=True)
+    return StableDiffusionFamily(text2image, device, dtype)
