@@ -9,11 +9,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import torch
@@ -50,33 +51,40 @@ def rss_bytes(pid: int | None = None) -> int:
 @contextlib.contextmanager
 def server(command: Sequence[str], env: dict[str, str] | None = None,
            ready_path: str = "/readyz") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run `command` (which gets --port appended) and yield its base URL once it is ready."""
+    """Run `command` (which gets --port appended) and yield its base URL once it is ready.
+
+    Its stderr (the request log) goes to a temporary file, shown if it fails to start.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, *command, "--port", str(port)], cwd=ROOT,
-        env={**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING", **(env or {})},
-        stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            try:
-                if httpx.get(url + ready_path).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url, process
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, *command, "--port", str(port)], cwd=ROOT,
+            env={**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING", **(env or {})},
+            stdout=subprocess.DEVNULL, stderr=log)
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait_until_ready(url + ready_path, process, log)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    log.seek(0)
+    tail = log.read()[-3000:].decode(errors="replace")
+    raise RuntimeError(f"server did not start:\n{tail}")
 
 
 def imagegen_server(*args: str, env: dict[str, str] | None = None
