@@ -11,11 +11,15 @@ from PIL import Image
 CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 
 # Pillow releases the GIL while compressing, so threads use every core.
-# PNG level 6 and WebP method 4 are Pillow's defaults: bench/encode.py shows
-# the faster levels save little time on these images and cost size.
+# Chosen with `python -m bench.encode` (figures in docs/performance.md):
+# - PNG level 6: levels 4-9 give the same bytes in the same time; levels 1-3
+#   are up to 2x faster (22 vs 38 ms at 512 px) but 11-13% larger, and stored
+#   bytes are what the store's budget and every download pay for.
+# - WebP method 2: 3-4x faster than method 4 (9.5 vs 38 ms at 512 px) for at
+#   most 4% more bytes (none at 512 px); methods 5-6 cost 2-6x the time.
 _SAVE_OPTIONS: dict[str, dict[str, object]] = {
     "png": {"format": "PNG", "compress_level": 6},
-    "webp": {"format": "WEBP", "quality": 90, "method": 4},
+    "webp": {"format": "WEBP", "quality": 90, "method": 2},
     "jpeg": {"format": "JPEG", "quality": 90},
 }
 
