@@ -515,3 +515,41 @@ async def test_a_bulk_line_yields_the_device_to_an_interactive_request(tmp_path:
             **line(1, probe.bulk_prompt, num_inference_steps=4)["body"], "output": "data_url"})
         assert pixels(served.content) == pixels(
             base64.b64decode(native.json()["images"][0].split(",", 1)[1]))
+
+
+async def test_a_bulk_line_waits_behind_interactive_work_past_the_request_timeout(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    settings = settings_for(tmp_path, request_timeout=1.0)
+    async with running_app(settings, wrap_pipeline=gate.wrap) as client:
+        try:
+            interactive = asyncio.create_task(
+                client.post("/v1/inference/shapes", json={"prompt": "a blue square", **TINY}))
+            await gate.wait_held()  # an interactive request holds the device
+            batch_id = (await submit(client, [line(1)]))["id"]
+            await asyncio.sleep(1.5)  # the line waits in the queue past the request timeout
+        finally:
+            gate.released.set()
+        await interactive
+        ended = await wait_until_ended(client, batch_id)
+        assert ended["counts"] == {"total": 1, "done": 1, "failed": 0}
+
+
+async def test_a_line_stuck_on_the_device_fails_alone_with_a_timeout(tmp_path: Path) -> None:
+    gate = Gate()
+    async with running_app(settings_for(tmp_path, request_timeout=0.5),
+                           wrap_pipeline=gate.wrap) as client:
+        try:
+            batch_id = (await submit(client, [line(1), line(2)]))["id"]
+            await gate.wait_held()
+            guard = time.monotonic() + 60
+            while batch_of(client, batch_id).failed == 0:  # given up after timeout + grace
+                assert time.monotonic() < guard, "the stuck line was never given up"
+                await asyncio.sleep(0.02)
+        finally:
+            gate.released.set()
+        ended = await wait_until_ended(client, batch_id)
+        assert ended["counts"] == {"total": 2, "done": 1, "failed": 1}
+        errors = [r["error"] and r["error"]["code"] for r in await output_of(client, batch_id)]
+        assert errors == ["timeout", None]

@@ -21,12 +21,12 @@ from typing import Any
 
 from imagegen.batcher import Lane, QueueFull, Ticket
 from imagegen.types import GenerationRequest, GenerationResult
-from imagegen.worker import JobCanceled
+from imagegen.worker import DeadlineExceeded, JobCanceled
 from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir
 from web.bulk_parse import LineError, validate_body
 from web.bulk_state import Batch, BatchStatus, new_batch_id
 from web.errors import ApiError, api_error_for
-from web.generate import store_images, submit, to_request, wait_for_result
+from web.generate import DEADLINE_GRACE_SECONDS, store_images, to_request
 from web.generation_params import GenerationInput
 from web.request_log import new_request_id
 from web.services import Services
@@ -227,35 +227,57 @@ class BulkRunner:
         }
 
     async def _on_device(self, request: GenerationRequest) -> GenerationResult:
-        """Run one line, yielding the device to requests that queue behind it."""
+        """Run one line, yielding the device to requests that queue behind it.
+
+        Only time on the device is limited (the request timeout): a bulk line
+        waits in the queue as long as interactive work keeps the device busy.
+        """
         yields = 0
         while True:
             ticket = await self._submit(request)
-            waiting = asyncio.ensure_future(wait_for_result(self.services, ticket))
-            yielded = False
-            try:
-                while not waiting.done():
-                    await asyncio.wait({waiting}, timeout=YIELD_POLL_SECONDS)
-                    if not yielded and yields < MAX_YIELDS_PER_LINE and self._behind(ticket):
-                        self.services.engine.cancel(ticket)  # stops at its next step
-                        yielded = True
-                        yields += 1
-            except asyncio.CancelledError:
-                waiting.cancel()
-                self.services.engine.cancel(ticket)
-                raise
-            if not yielded or not isinstance(waiting.exception(), JobCanceled):
-                return waiting.result()
+            result = await self._watch(ticket, may_yield=yields < MAX_YIELDS_PER_LINE)
+            if result is not None:
+                return result
+            yields += 1
 
-    def _behind(self, ticket: Ticket) -> bool:
-        # This runner has one ticket out, so anything queued is someone else waiting.
-        return ticket.started and not ticket.future.done() and (
-            self.services.engine.queue_depth() > 0)
+    async def _watch(self, ticket: Ticket, may_yield: bool) -> GenerationResult | None:
+        """The line's result, or None when it yielded the device (to be queued again)."""
+        engine, limit = self.services.engine, self.services.settings.request_timeout
+        future = asyncio.wrap_future(ticket.future)
+        on_device_since: float | None = None
+        stopped_for: str | None = None  # "yield" | "deadline"
+        try:
+            while not future.done():
+                await asyncio.wait({future}, timeout=YIELD_POLL_SECONDS)
+                if future.done() or not ticket.started:
+                    continue
+                now = time.monotonic()
+                if on_device_since is None:
+                    on_device_since = now
+                if now - on_device_since > limit + min(DEADLINE_GRACE_SECONDS, limit):
+                    raise DeadlineExceeded()  # stuck inside one step: give up on it
+                if stopped_for is None and now - on_device_since > limit:
+                    stopped_for = "deadline"
+                # This runner has one ticket out, so anything queued is someone else waiting.
+                elif stopped_for is None and may_yield and engine.queue_depth() > 0:
+                    stopped_for = "yield"
+                else:
+                    continue
+                engine.cancel(ticket)  # it stops at its next step
+        except BaseException:
+            engine.cancel(ticket)
+            raise
+        if stopped_for is not None and isinstance(future.exception(), JobCanceled):
+            if stopped_for == "yield":
+                return None
+            raise DeadlineExceeded()
+        return future.result()
 
     async def _submit(self, request: GenerationRequest) -> Ticket:
+        # No deadline on the ticket: _watch limits time on the device, not time queued.
         while True:
             with contextlib.suppress(QueueFull):
-                return submit(self.services, request, Lane.BULK)
+                return self.services.engine.submit(request, Lane.BULK)
             await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
 
 
