@@ -24,10 +24,11 @@ from PIL import Image
 
 from imagegen.pipelines.base import Cancelled, PipelineOutput, TextToImagePipeline
 from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, make_settings, running_app
+from web.bulk_files import prepare_batch_dir
 from web.bulk_runner import BulkRunner
 from web.bulk_state import Batch
 from web.request_log import JsonLineFormatter
-from web.settings import Settings
+from web.settings import Settings, SettingsError
 
 TINY = {"width": 32, "height": 32, "num_inference_steps": 2}
 PROMPTS = ("a red circle", "a blue square", "a green triangle")
@@ -553,3 +554,28 @@ async def test_a_line_stuck_on_the_device_fails_alone_with_a_timeout(tmp_path: P
         assert ended["counts"] == {"total": 2, "done": 1, "failed": 1}
         errors = [r["error"] and r["error"]["code"] for r in await output_of(client, batch_id)]
         assert errors == ["timeout", None]
+
+
+def test_start_up_removes_only_batch_files_and_refuses_a_foreign_directory(
+    tmp_path: Path,
+) -> None:
+    batch_dir = tmp_path / "batches"
+    batch_dir.mkdir(mode=0o755)
+    leftovers = [batch_dir / f"{'ab' * 32}.in", batch_dir / f"{'cd' * 32}.out"]
+    foreign = batch_dir / "notes.txt"
+    for path in (*leftovers, foreign):
+        path.write_bytes(b"x")
+    prepare_batch_dir(batch_dir)
+    assert sorted(batch_dir.iterdir()) == [foreign]
+    assert os.stat(batch_dir).st_mode & 0o777 == 0o700
+
+    link = tmp_path / "link"
+    link.symlink_to(batch_dir)
+    with pytest.raises(SettingsError, match="IMAGEGEN_BATCH_DIR"):
+        prepare_batch_dir(link)
+    if os.getuid() == 0:  # only root can hand a directory to someone else
+        other = tmp_path / "other"
+        other.mkdir()
+        os.chown(other, 12345, 12345)
+        with pytest.raises(SettingsError, match="IMAGEGEN_BATCH_DIR"):
+            prepare_batch_dir(other)
