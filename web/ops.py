@@ -61,7 +61,8 @@ async def privacy(request: Request) -> JSONResponse:
     store = services.store
     return JSONResponse({
         "inputs": {"written_to_disk": False,
-                   "held": "in memory for the life of the request only"},
+                   "held": "in memory for the life of the request only",
+                   "except": "bulk batch lines, held encrypted on disk (see bulk)"},
         "outputs": {
             "kept": "generated images only, until their TTL",
             "default_ttl_seconds": policy.default_ttl_seconds,
@@ -81,7 +82,9 @@ async def privacy(request: Request) -> JSONResponse:
                  "content_logged": False},
         "capability_urls": {"token_bits": 192, "store_keyed_by": "sha256 of the token"},
         "outbound_calls": False,
-        "bulk": {"encrypted_at_rest": "AES-GCM, key in memory only",
+        "bulk": {"inputs_on_disk": "encrypted, until the batch has run",
+                 "encrypted_at_rest": "AES-GCM, one key per batch, in memory only",
+                 "unreadable_after_restart": True,
                  "retention_seconds": policy.batch_retention_seconds},
     })
 
