@@ -8,6 +8,8 @@ to images exactly once, by the pipeline itself (output_type="pil").
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,14 +43,22 @@ class StableDiffusionFamily:
             pipeline.set_progress_bar_config(disable=True)
         self.device = device
         self.dtype = dtype
+        # A fast tokenizer keeps its padding and truncation settings as state, set
+        # on every call: the web layer's check_prompt sharing the pipeline's would
+        # change them mid-batch (unpadded negative prompts, a 500). So it has its
+        # own copy, and a lock, as check_prompt runs on the event loop and the worker.
+        self._prompt_tokenizer = copy.deepcopy(text2image.tokenizer)
+        self._prompt_lock = threading.Lock()
 
     def check_prompt(self, prompt: str) -> int:
         """CLIP reads any text but only its first tokens: count the words cut off."""
-        tokenizer = self.text2image.tokenizer
-        ids = tokenizer(prompt, truncation=False).input_ids
-        if len(ids) <= tokenizer.model_max_length:
-            return 0
-        kept = tokenizer.decode(ids[1:tokenizer.model_max_length - 1], skip_special_tokens=True)
+        tokenizer = self._prompt_tokenizer
+        limit = tokenizer.model_max_length
+        with self._prompt_lock:
+            ids = tokenizer(prompt, truncation=False).input_ids
+            if len(ids) <= limit:
+                return 0
+            kept = tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
         return max(0, len(prompt.split()) - len(kept.split()))
 
     def __call__(
