@@ -172,6 +172,10 @@ class BatchTotals:
         return BatchTotals(self.images - other.images, self.calls - other.calls,
                            self.device_seconds - other.device_seconds)
 
+    def __add__(self, other: BatchTotals) -> BatchTotals:
+        return BatchTotals(self.images + other.images, self.calls + other.calls,
+                           self.device_seconds + other.device_seconds)
+
     @property
     def mean_batch(self) -> float:
         return self.images / self.calls if self.calls else 0.0
