@@ -39,7 +39,9 @@ def rss_bytes(pid: int) -> int:
 @pytest.fixture
 def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    env = {**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING"}
+    # One torch thread: on a machine shared with other work, one per core makes every op
+    # wait for a descheduled thread, and the test crawls.
+    env = {**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "web.cli", "serve", "--port", str(port),
          "--queue-size", str(QUEUE_SIZE)],
@@ -76,7 +78,7 @@ async def burst(url: str, count: int) -> list[httpx.Response]:
 async def test_200_concurrent_requests_get_200_or_429_and_memory_returns(
         server: tuple[str, subprocess.Popen[bytes]]) -> None:
     url, process = server
-    await burst(url, 40)  # warm the pipeline and the allocator before the baseline
+    await burst(url, QUEUE_SIZE)  # warm the pipeline and the allocator before the baseline
     baseline = rss_bytes(process.pid)
 
     responses = await burst(url, CLIENTS)
