@@ -8,6 +8,7 @@ import pytest
 
 from imagegen.batcher import Batcher, BatchState, Lane, QueueFull, Ticket
 from imagegen.types import GenerationRequest, SamplingParams
+from web.settings import Settings, SettingsError
 
 SMALL = SamplingParams("shapes", 32, 32, 2, 3.0)
 LARGE = SamplingParams("shapes", 64, 64, 2, 3.0)
@@ -184,3 +185,15 @@ def test_without_a_gather_wait_the_queued_request_runs_alone() -> None:
     batcher = Batcher(8, lambda model: 3, gather_seconds=0)
     batcher.submit(ticket("a"))
     assert ids(batcher.take(timeout=600)) == ["a"]
+
+
+@pytest.mark.parametrize("raw", ["-0.1", "2", "soon"])
+def test_a_bad_batch_wait_setting_names_the_variable(raw: str) -> None:
+    with pytest.raises(SettingsError, match="IMAGEGEN_BATCH_WAIT"):
+        Settings.load(environ={"IMAGEGEN_BATCH_WAIT": raw})
+
+
+def test_the_batch_wait_defaults_to_20_ms_and_reads_its_env_var() -> None:
+    settings = Settings.load(environ={"IMAGEGEN_BATCH_WAIT": "0.05"})
+    assert settings.batch_wait == 0.05
+    assert Settings.load(environ={}).batch_wait == 0.02
