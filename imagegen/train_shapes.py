@@ -32,7 +32,9 @@ from imagegen.pipelines.shapes import ShapesTextEncoder, tokenize
 # Share of prompts replaced by the empty prompt, so classifier-free guidance has
 # an unconditional model to push away from.
 _UNCONDITIONAL_SHARE = 0.1
-# Min-SNR loss weighting (Hang et al. 2023): converges faster than uniform weights.
+# Min-SNR loss weighting (Hang et al. 2023). For v-prediction it all but mutes the
+# noisiest timesteps, where layout (position, size, count) is decided: the first
+# stage of the shipped model used it, the second uniform weights to learn layout.
 _SNR_GAMMA = 5.0
 _EMA_DECAY = 0.999
 
@@ -80,8 +82,10 @@ def batch(
     return pixels, torch.tensor(ids)
 
 
-def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """Min-SNR-gamma weights for a v-prediction loss."""
+def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-image weights of the v-prediction loss: uniform, or min-SNR-gamma."""
+    if weighting == "uniform":
+        return torch.ones(len(timesteps))
     alphas = scheduler.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
     return snr.clamp(max=_SNR_GAMMA) / (snr + 1)
@@ -122,26 +126,31 @@ def save(
     staging.rename(out)
 
 
-def train(
-    out: Path,
-    steps: int,
-    seed: int,
-    batch_size: int,
-    peak_lr: float,
-    save_every: int,
-    stop_after: int,
-) -> None:
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    unet, encoder = build_unet(), ShapesTextEncoder()
+def build_models(init_from: Path | None) -> tuple[UNet2DConditionModel, ShapesTextEncoder]:
+    """Fresh models, or a saved model's weights to train further."""
+    if init_from is None:
+        return build_unet(), ShapesTextEncoder()
+    return (
+        UNet2DConditionModel.from_pretrained(init_from / "unet", local_files_only=True),
+        ShapesTextEncoder.from_pretrained(init_from / "text_encoder", local_files_only=True),
+    )
+
+
+def train(args: argparse.Namespace) -> None:
+    out, steps, batch_size, peak_lr = args.out, args.steps, args.batch_size, args.lr
+    stop_after = steps if args.stop_after is None else args.stop_after
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    unet, encoder = build_models(args.init_from)
     scheduler = build_training_scheduler()
-    ema_unet, ema_encoder = build_unet(), ShapesTextEncoder()
+    ema_unet, ema_encoder = build_models(args.init_from)
+    done_before = int(encoder.config["trained_steps"])
     ema_unet.load_state_dict(unet.state_dict())
     ema_encoder.load_state_dict(encoder.state_dict())
     parameters = [*unet.parameters(), *encoder.parameters()]
     print(f"parameters: unet {unet.num_parameters()}, text encoder {encoder.num_parameters()}")
     if steps == 0:
-        save(out, ema_unet, ema_encoder, scheduler, 0)
+        save(out, ema_unet, ema_encoder, scheduler, done_before)
         return
     optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -157,7 +166,7 @@ def train(
         target = scheduler.get_velocity(pixels, noise, timesteps)
         predicted = unet(noisy, timesteps, encoder_hidden_states=encoder(ids)).sample
         per_image = ((predicted - target) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_image * loss_weights(scheduler, timesteps)).mean()
+        loss = (per_image * loss_weights(scheduler, timesteps, args.weighting)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -174,8 +183,8 @@ def train(
                 flush=True,
             )
             running = 0.0
-        if step % save_every == 0 or step in (steps, stop_after):
-            save(out, ema_unet, ema_encoder, scheduler, step)
+        if step % args.save_every == 0 or step in (steps, stop_after):
+            save(out, ema_unet, ema_encoder, scheduler, done_before + step)
             print(f"saved {step}", flush=True)
 
 
@@ -189,13 +198,14 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=250)
     # Stop early on the --steps schedule (reproduces a checkpoint saved mid-run).
     parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--init-from", type=Path, default=None, help="a saved model to go on from")
+    parser.add_argument("--weighting", choices=("uniform", "min-snr"), default="uniform")
     # One thread: on a shared CPU, OpenMP threads spin-waiting for a busy core
     # made two-thread training up to ten times slower here.
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    stop_after = args.steps if args.stop_after is None else args.stop_after
-    train(args.out, args.steps, args.seed, args.batch_size, args.lr, args.save_every, stop_after)
+    train(args)
 
 
 if __name__ == "__main__":

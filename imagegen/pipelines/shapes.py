@@ -27,7 +27,7 @@ from imagegen.pipelines.base import Cancelled, PipelineOutput, PromptError
 
 PAD = "<pad>"
 DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 3.0
+DEFAULT_GUIDANCE = 1.5
 
 
 class ShapesTextEncoder(ModelMixin, ConfigMixin):  # type: ignore[misc]
