@@ -27,7 +27,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import nn
 
 from imagegen import scenes
-from imagegen.pipelines.shapes import ShapesTextEncoder, tokenize
+from imagegen.pipelines.shapes import ShapesTextEncoder, coordinates, tokenize
 
 # Share of prompts replaced by the empty prompt, so classifier-free guidance has
 # an unconditional model to push away from.
@@ -43,7 +43,7 @@ def build_unet() -> UNet2DConditionModel:
     """1.7M parameters: 32/64/64 channels, cross-attention at 16x16 and 8x8."""
     return UNet2DConditionModel(
         sample_size=scenes.NATIVE_SIZE,
-        in_channels=3,
+        in_channels=5,  # RGB + the x, y coordinates of `coordinates()`
         out_channels=3,
         layers_per_block=1,
         block_out_channels=(32, 64, 64),
@@ -131,9 +131,23 @@ def build_models(init_from: Path | None) -> tuple[UNet2DConditionModel, ShapesTe
     if init_from is None:
         return build_unet(), ShapesTextEncoder()
     return (
-        UNet2DConditionModel.from_pretrained(init_from / "unet", local_files_only=True),
+        with_coordinate_inputs(
+            UNet2DConditionModel.from_pretrained(init_from / "unet", local_files_only=True)
+        ),
         ShapesTextEncoder.from_pretrained(init_from / "text_encoder", local_files_only=True),
     )
+
+
+def with_coordinate_inputs(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Give an RGB-only UNet the two coordinate inputs, with zero weights (same outputs)."""
+    if unet.config["in_channels"] == 5:
+        return unet
+    wider = UNet2DConditionModel.from_config({**unet.config, "in_channels": 5})
+    state = unet.state_dict()
+    kernel = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([kernel, torch.zeros_like(kernel[:, :2])], dim=1)
+    wider.load_state_dict(state)
+    return wider
 
 
 def train(args: argparse.Namespace) -> None:
@@ -156,6 +170,7 @@ def train(args: argparse.Namespace) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=peak_lr, total_steps=steps, pct_start=0.15
     )
+    grid = coordinates(batch_size, scenes.NATIVE_SIZE)
     started, running = time.monotonic(), 0.0
     for step in range(1, min(steps, stop_after) + 1):
         pixels, ids = batch(rng, batch_size, encoder)
@@ -164,7 +179,8 @@ def train(args: argparse.Namespace) -> None:
         timesteps = cast(torch.IntTensor, drawn)  # the schedulers' annotation
         noisy = scheduler.add_noise(pixels, noise, timesteps)
         target = scheduler.get_velocity(pixels, noise, timesteps)
-        predicted = unet(noisy, timesteps, encoder_hidden_states=encoder(ids)).sample
+        inputs = torch.cat([noisy, grid], dim=1)
+        predicted = unet(inputs, timesteps, encoder_hidden_states=encoder(ids)).sample
         per_image = ((predicted - target) ** 2).mean(dim=(1, 2, 3))
         loss = (per_image * loss_weights(scheduler, timesteps, args.weighting)).mean()
         optimizer.zero_grad(set_to_none=True)

@@ -220,8 +220,9 @@ class ShapesPipeline:
             if mask_images is not None:
                 mask = _masks(mask_images, size).to(device=self.device, dtype=self.dtype)
         total = len(timesteps)
+        grid = coordinates(2 * n, size).to(device=self.device, dtype=self.dtype)
         for step, t in enumerate(timesteps):
-            pair = torch.cat([latents, latents])
+            pair = torch.cat([torch.cat([latents, latents]), grid], dim=1)
             uncond, cond = self.unet(pair, t, encoder_hidden_states=states).sample.chunk(2)
             guided = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(guided, int(t), latents, return_dict=False)[0]
@@ -233,6 +234,16 @@ class ShapesPipeline:
             if step_callback is not None and step_callback(step, total, latents) is False:
                 raise Cancelled
         return latents
+
+
+def coordinates(n: int, size: int) -> torch.Tensor:
+    """(n, 2, size, size) x and y in [-1, 1]: extra UNet inputs that tell it where it is.
+
+    Position words ("at the top left") were barely learned from zero padding alone.
+    """
+    axis = torch.linspace(-1.0, 1.0, size)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([x, y]).expand(n, 2, size, size)
 
 
 def _int(timesteps: torch.Tensor) -> torch.IntTensor:
