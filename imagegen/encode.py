@@ -12,13 +12,14 @@ CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 
 # Pillow releases the GIL while compressing, so threads use every core.
 # Chosen with `python -m bench.encode` (figures in docs/performance.md):
-# - PNG level 6: levels 4-9 give the same bytes in the same time; levels 1-3
-#   are up to 2x faster (22 vs 38 ms at 512 px) but 11-13% larger, and stored
-#   bytes are what the store's budget and every download pay for.
-# - WebP method 2: 3-4x faster than method 4 (9.5 vs 38 ms at 512 px) for at
-#   most 4% more bytes (none at 512 px); methods 5-6 cost 2-6x the time.
+# - PNG level 4: on the embedded model's images, 2.5x faster than Pillow's
+#   default 6 (1.5 vs 3.6 ms at 128 px, 4.7 vs 11.9 ms at 256 px) for 1-5% more
+#   bytes; levels 1-3 are faster still but 11-24% larger, 7-9 up to 10x slower.
+#   On noisy 512 px images levels 4-9 give the same bytes in the same time.
+# - WebP method 2: 2-2.5x faster than method 4 (1.6 vs 3.8 ms at 256 px,
+#   9.8 vs 21.6 ms at 512 px) for at most 4% more bytes.
 _SAVE_OPTIONS: dict[str, dict[str, object]] = {
-    "png": {"format": "PNG", "compress_level": 6},
+    "png": {"format": "PNG", "compress_level": 4},
     "webp": {"format": "WEBP", "quality": 90, "method": 2},
     "jpeg": {"format": "JPEG", "quality": 90},
 }
