@@ -56,9 +56,10 @@ class Engine:
         for worker in self._workers.values():
             worker.stop(timeout)
 
-    @property
-    def healthy(self) -> bool:
-        return all(worker.healthy for worker in self._workers.values())
+    def healthy(self, stuck_after_seconds: float) -> bool:
+        """Every worker thread runs, and none has been inside one batch for too long."""
+        alive = all(worker.alive for worker in self._workers.values())
+        return alive and self.stuck_for() <= stuck_after_seconds
 
     def stuck_for(self) -> float:
         """Seconds the longest-running batch has been running (0 when idle)."""

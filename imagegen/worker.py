@@ -67,13 +67,16 @@ class Worker:
         self.batcher = batcher
         self.pipelines = pipelines
         self.on_batch = on_batch  # (images in batch, device seconds), for metrics
-        self.healthy = True
         self.busy_since: float | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is queued and running, then stop (SIGTERM drain)."""
@@ -114,7 +117,6 @@ class Worker:
             for ticket in batch:
                 _fail(ticket, PipelineFailed())
             return
-        self.healthy = True
         for ticket, result in zip(batch, results, strict=True):
             if not self._settle_canceled(ticket) and not ticket.future.done():
                 ticket.future.set_result(result)

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from store.retention import RetentionPolicy
 from web.body import read_json_object
 from web.errors import ApiError, bad_request
+from web.ops import worker_healthy
 from web.routing import services_of
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
@@ -74,7 +75,7 @@ async def get_stats(request: Request) -> JSONResponse:
                     "last_sweep_at": sweeper.last_sweep_at,
                     "last_max_lag_seconds": sweeper.last_max_lag_seconds},
         "queue_depth": services.engine.queue_depth(),
-        "worker_healthy": services.engine.healthy,
+        "worker_healthy": worker_healthy(services),
         "time": time.time(),
     })
 

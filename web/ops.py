@@ -18,11 +18,14 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+def worker_healthy(services: Services) -> bool:
+    return services.engine.healthy(services.settings.request_timeout * STUCK_AFTER_FACTOR)
+
+
 async def readiness(services: Services) -> dict[str, bool]:
-    stuck = services.engine.stuck_for() > services.settings.request_timeout * STUCK_AFTER_FACTOR
     return {
         "models_loaded": bool(services.engine.pipelines),
-        "worker_healthy": services.engine.healthy and not stuck,
+        "worker_healthy": worker_healthy(services),
         "store_reachable": await services.store.ping(),
         "accepting_work": not services.draining,
     }
