@@ -71,7 +71,7 @@ def grid(images: list[Image.Image], captions: list[str], columns: int) -> Image.
     for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
         x, y = (i % columns) * _CELL, (i // columns) * cell_height
         sheet.paste(image.resize((_CELL, _CELL), Image.Resampling.BICUBIC), (x, y))
-        text = "\n".join(textwrap.wrap(caption, 24)[:3])
+        text = "\n".join(textwrap.wrap(caption, 22)[:3])
         draw.multiline_text((x + 3, y + _CELL + 2), text, fill=(0, 0, 0), font=font, spacing=1)
     return sheet
 
