@@ -122,6 +122,8 @@ def save(
         "trained_steps": steps,
     }
     (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for part in ("unet", "text_encoder"):
+        _drop_source_path(staging / part / "config.json")
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
 
@@ -148,6 +150,13 @@ def with_coordinate_inputs(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     state["conv_in.weight"] = torch.cat([kernel, torch.zeros_like(kernel[:, :2])], dim=1)
     wider.load_state_dict(state)
     return wider
+
+
+def _drop_source_path(config_file: Path) -> None:
+    """from_pretrained records where --init-from loaded from; the saved model should not."""
+    config = json.loads(config_file.read_text())
+    config.pop("_name_or_path", None)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train(args: argparse.Namespace) -> None:
