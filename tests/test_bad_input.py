@@ -71,7 +71,8 @@ async def test_native_unknown_model(client: httpx.AsyncClient) -> None:
 
 async def test_body_shape_errors(client: httpx.AsyncClient) -> None:
     url = "/v1/images/generations"
-    not_json = await client.post(url, content=b"{nope", headers={"content-type": "application/json"})
+    json_type = {"content-type": "application/json"}
+    not_json = await client.post(url, content=b"{nope", headers=json_type)
     assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_json"
     array = await client.post(url, json=[1, 2])
     assert array.status_code == 400
