@@ -7,18 +7,14 @@ memory (its RSS, from /proc) comes back near where it was before the burst.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from bench.harness import imagegen_server, rss_bytes
 
 CLIENTS = 200
 QUEUE_SIZE = 32
@@ -26,45 +22,14 @@ BODY = {"prompt": "a red circle on a blue background", "size": "32x32",
         "num_inference_steps": 2}
 # Not a timing bound: room for allocator slack and a few hundred small stored images.
 RSS_MARGIN_BYTES = 96 * 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc status")
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
     # One torch thread: on a machine shared with other work, one per core makes every op
     # wait for a descheduled thread, and the test crawls.
-    env = {**os.environ, "IMAGEGEN_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "serve", "--port", str(port),
-         "--queue-size", str(QUEUE_SIZE)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, "server exited during start-up"
-            assert time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with imagegen_server("--queue-size", str(QUEUE_SIZE), env={"OMP_NUM_THREADS": "1"}) as running:
+        yield running
 
 
 async def burst(url: str, count: int) -> list[httpx.Response]:
