@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from email.utils import parsedate_to_datetime
 
 import httpx
 from PIL import Image
@@ -31,8 +32,9 @@ async def test_url_response_serves_a_png(client: httpx.AsyncClient) -> None:
     assert image.headers["content-type"] == "image/png"
     assert image.headers["referrer-policy"] == "no-referrer"
     assert image.headers["x-content-type-options"] == "nosniff"
-    assert image.headers["cache-control"].startswith("private, max-age=")
-    assert "expires" in image.headers
+    max_age = int(image.headers["cache-control"].removeprefix("private, max-age="))
+    assert 0 < max_age <= item["expires_at"] - body["created"]
+    assert parsedate_to_datetime(image.headers["expires"]).timestamp() == int(item["expires_at"])
     assert Image.open(io.BytesIO(image.content)).size == (32, 32)
 
 
