@@ -57,6 +57,36 @@ async def test_generation_feeds_batch_latency_device_and_image_series() -> None:
         assert value(after, "imagegen_queue_depth") == 0
 
 
+async def test_every_response_is_counted_by_route_template_and_status() -> None:
+    async with running_app(make_settings()) as client:
+        created = await client.post("/v1/images/generations", json={"prompt": PROMPT, **FAST})
+        url = created.json()["data"][0]["url"]
+        token = url.rsplit("/", 1)[1].split(".")[0]
+        assert (await client.get(url)).status_code == 200
+        assert (await client.head(url)).status_code == 200
+        assert (await client.delete(url)).status_code == 204
+        assert (await client.get(url)).status_code == 404
+        assert (await client.post("/v1/images/generations", json={})).status_code == 400
+        assert (await client.get("/no/such/page")).status_code == 404
+
+        samples = await scrape(client)
+        assert token not in str(samples)  # routes are counted as templates, never as sent
+        image = "/i/{token}.{ext}"
+        counted = {(labels["route"], labels["method"], labels["status"]): count
+                   for (name, label_items), count in samples.items()
+                   if name == "imagegen_http_responses_total"
+                   for labels in [dict(label_items)]}
+        assert counted == {
+            ("/v1/images/generations", "POST", "200"): 1,
+            ("/v1/images/generations", "POST", "400"): 1,
+            (image, "GET", "200"): 1,
+            (image, "HEAD", "200"): 1,
+            (image, "DELETE", "204"): 1,
+            (image, "GET", "404"): 1,
+            ("unmatched", "GET", "404"): 1,
+        }
+
+
 async def test_queue_depth_counts_requests_waiting_behind_a_busy_worker() -> None:
     faults = Faults()
     async with running_app(make_settings(), wrap_pipeline=faults) as client:

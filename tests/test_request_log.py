@@ -44,3 +44,19 @@ async def test_fields_outside_the_whitelist_are_refused() -> None:
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
     with pytest.raises(ValueError, match="not loggable"):
         log_fields(request, prompt="secret")
+
+
+async def test_successful_image_fetches_are_logged_at_debug_and_failures_at_info(
+        client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = await client.post("/v1/images/generations", json={
+        "prompt": "a red circle", "size": "32x32", "num_inference_steps": 2})
+    url = response.json()["data"][0]["url"]
+    await client.get(url)
+    await client.delete(url)
+    await client.get(url)
+    lines = [(r.levelname, r.__dict__["fields"]) for r in caplog.records
+             if r.name == "imagegen.request"]
+    levels = [(fields["method"], fields["status"], level) for level, fields in lines
+              if "/i/" in fields["route"]]
+    assert levels == [("GET", 200, "DEBUG"), ("DELETE", 204, "INFO"), ("GET", 404, "INFO")]

@@ -23,6 +23,9 @@ class Metrics:
         self.request_seconds = Histogram("imagegen_request_seconds",
                                          "Latency of generation requests",
                                          ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.responses = Counter("imagegen_http_responses", "HTTP responses by route and status",
+                                 ["route", "method", "status"], registry=r)
+        self._responses_by_key: dict[tuple[str, str, int], Counter] = {}
         self.images = Counter("imagegen_images_generated", "Images generated", ["model"],
                               registry=r)
         self.store_bytes = Gauge("imagegen_store_bytes", "Payload bytes in the store",
@@ -41,6 +44,14 @@ class Metrics:
         """Called from a worker thread; prometheus_client is thread-safe."""
         self.batch_size.observe(images)
         self.device_seconds.observe(device_seconds)
+
+    def response_sent(self, route: str, method: str, status: int) -> None:
+        """Counts every request; the labelled child is kept, as labels() is slow per call."""
+        key = (route, method, status)
+        child = self._responses_by_key.get(key)
+        if child is None:
+            child = self._responses_by_key[key] = self.responses.labels(route, method, status)
+        child.inc()
 
     def images_generated(self, model: str, count: int) -> None:
         self.images.labels(model=model).inc(count)

@@ -1,4 +1,4 @@
-"""One JSON line per request, metadata only; and the last line of defence against 500s.
+"""One JSON line and one count per request, metadata only; and the last defence against 500s.
 
 Handlers add allowed fields (model, sampling parameters, cost) with
 `log_fields(request, ...)`; nothing else reaches the log. The path is logged
@@ -36,6 +36,15 @@ def new_request_id() -> str:
 
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def log_at_debug(scope: Scope) -> None:
+    """Log this request's line at DEBUG, for the frequent and uneventful.
+
+    Successful image fetches are most requests; at INFO their lines cost more
+    than serving the bytes (bench/serving.py). /metrics still counts each one.
+    """
+    scope.setdefault("state", {})["log_level"] = logging.DEBUG
 
 
 def log_fields(request: Request, **fields: Any) -> None:
@@ -123,13 +132,18 @@ class RequestLogMiddleware:
                                               error_type="server_error"))(
                     scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            fields = {
-                "request_id": request_id,
-                "method": scope["method"],
-                "route": getattr(route, "path", "unmatched"),
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                **state.get("log_fields", {}),
-            }
-            log.info("request", extra={"fields": fields})
+            route = getattr(scope.get("route"), "path", "unmatched")
+            services = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                services.metrics.response_sent(route, scope["method"], status)
+            level = state.get("log_level", logging.INFO)
+            if log.isEnabledFor(level):
+                fields = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    **state.get("log_fields", {}),
+                }
+                log.log(level, "request", extra={"fields": fields})
