@@ -48,8 +48,10 @@ async def test_generation_feeds_batch_latency_device_and_image_series() -> None:
         assert value(after, "imagegen_batch_size_bucket", le="2.0") == 1
         assert value(after, "imagegen_batch_device_seconds_count") == 2
         assert value(after, "imagegen_batch_device_seconds_sum") > 0
-        assert value(after, "imagegen_request_seconds_count", route="openai") == 1
-        assert value(after, "imagegen_request_seconds_count", route="native") == 1
+        assert value(after, "imagegen_request_seconds_count", route="/v1/images/generations",
+                     method="POST", status="200") == 1
+        assert value(after, "imagegen_request_seconds_count", route="/v1/inference/{model}",
+                     method="POST", status="200") == 1
         assert value(after, "imagegen_images_generated_total", model="shapes") == 4
         # Only the url response is stored; the data URL is not.
         assert value(after, "imagegen_store_artifacts") == 3
@@ -74,7 +76,7 @@ async def test_every_response_is_counted_by_route_template_and_status() -> None:
         image = "/i/{token}.{ext}"
         counted = {(labels["route"], labels["method"], labels["status"]): count
                    for (name, label_items), count in samples.items()
-                   if name == "imagegen_http_responses_total"
+                   if name == "imagegen_request_seconds_count"
                    for labels in [dict(label_items)]}
         assert counted == {
             ("/v1/images/generations", "POST", "200"): 1,

@@ -7,7 +7,6 @@ service's extensions) is parsed in memory by web.multipart, never by
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -67,7 +66,6 @@ def upload(files: dict[str, bytes], fields: dict[str, str], name: str,
 
 async def create_edit(request: Request) -> JSONResponse:
     services = services_of(request)
-    started = time.perf_counter()
     require_media_type(request, "multipart/form-data")
     max_bytes = services.settings.max_body_bytes
     body = await read_body(request, max_bytes)
@@ -86,7 +84,6 @@ async def create_edit(request: Request) -> JSONResponse:
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),
                                inputs.init_image, inputs.mask_image)
     log_generation(request, gen, generated)
-    services.metrics.request_seconds.labels(route="edits").observe(time.perf_counter() - started)
     return JSONResponse(images_response(generated))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Image fetches take well under a millisecond; generations seconds.
+REQUEST_BUCKETS = (0.001, 0.005, 0.025, *LATENCY_BUCKETS)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LAG_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
 
@@ -20,12 +22,11 @@ class Metrics:
         self.device_seconds = Histogram("imagegen_batch_device_seconds",
                                         "Device time per pipeline call",
                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.request_seconds = Histogram("imagegen_request_seconds",
-                                         "Latency of generation requests",
-                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.responses = Counter("imagegen_http_responses", "HTTP responses by route and status",
-                                 ["route", "method", "status"], registry=r)
-        self._responses_by_key: dict[tuple[str, str, int], Counter] = {}
+        self.request_seconds = Histogram(
+            "imagegen_request_seconds",
+            "Latency of every request, by route template, method and status",
+            ["route", "method", "status"], buckets=REQUEST_BUCKETS, registry=r)
+        self._request_seconds_by_key: dict[tuple[str, str, int], Histogram] = {}
         self.images = Counter("imagegen_images_generated", "Images generated", ["model"],
                               registry=r)
         self.store_bytes = Gauge("imagegen_store_bytes", "Payload bytes in the store",
@@ -45,13 +46,14 @@ class Metrics:
         self.batch_size.observe(images)
         self.device_seconds.observe(device_seconds)
 
-    def response_sent(self, route: str, method: str, status: int) -> None:
-        """Counts every request; the labelled child is kept, as labels() is slow per call."""
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Every request; the labelled child is kept, as labels() is slow per call."""
         key = (route, method, status)
-        child = self._responses_by_key.get(key)
+        child = self._request_seconds_by_key.get(key)
         if child is None:
-            child = self._responses_by_key[key] = self.responses.labels(route, method, status)
-        child.inc()
+            child = self.request_seconds.labels(route, method, status)
+            self._request_seconds_by_key[key] = child
+        child.observe(seconds)
 
     def images_generated(self, model: str, count: int) -> None:
         self.images.labels(model=model).inc(count)

@@ -36,7 +36,6 @@ async def infer(request: Request) -> JSONResponse:
     ]
     expiries = [image.expires_at for image in generated.images if image.expires_at is not None]
     runtime_ms = round((time.perf_counter() - started) * 1000)
-    services.metrics.request_seconds.labels(route="native").observe(runtime_ms / 1000)
     return JSONResponse({
         "images": images,
         "seed": generated.seed,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -38,14 +37,12 @@ def usage(generated: Generated) -> dict[str, float]:
 
 async def create_image(request: Request) -> JSONResponse:
     services = services_of(request)
-    started = time.perf_counter()
     body = await read_json_object(request, services.settings.max_body_bytes)
     spec = find_model(services.engine.specs, body.get("model"), services.default_model)
     gen = parse_openai(spec, body)
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request))
     log_generation(request, gen, generated)
-    services.metrics.request_seconds.labels(route="openai").observe(time.perf_counter() - started)
     return JSONResponse(images_response(generated))
 
 

@@ -132,10 +132,11 @@ class RequestLogMiddleware:
                                               error_type="server_error"))(
                     scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             services = getattr(scope["app"].state, "services", None)
             if services is not None:
-                services.metrics.response_sent(route, scope["method"], status)
+                services.metrics.request_done(route, scope["method"], status, seconds)
             level = state.get("log_level", logging.INFO)
             if log.isEnabledFor(level):
                 fields = {
@@ -143,7 +144,7 @@ class RequestLogMiddleware:
                     "method": scope["method"],
                     "route": route,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "duration_ms": round(seconds * 1000, 1),
                     **state.get("log_fields", {}),
                 }
                 log.log(level, "request", extra={"fields": fields})
