@@ -83,12 +83,13 @@ def batch(
 
 
 def loss_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
-    """Per-image weights of the v-prediction loss: uniform, or min-SNR-gamma."""
+    """Per-image weights of the v-prediction loss: uniform, min-SNR-gamma, or their mean."""
     if weighting == "uniform":
         return torch.ones(len(timesteps))
     alphas = scheduler.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
-    return snr.clamp(max=_SNR_GAMMA) / (snr + 1)
+    min_snr = snr.clamp(max=_SNR_GAMMA) / (snr + 1)
+    return min_snr if weighting == "min-snr" else (1 + min_snr) / 2
 
 
 def ema_update(average: nn.Module, model: nn.Module, step: int) -> None:
@@ -224,7 +225,7 @@ def main() -> None:
     # Stop early on the --steps schedule (reproduces a checkpoint saved mid-run).
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--init-from", type=Path, default=None, help="a saved model to go on from")
-    parser.add_argument("--weighting", choices=("uniform", "min-snr"), default="uniform")
+    parser.add_argument("--weighting", choices=("uniform", "min-snr", "blend"), default="uniform")
     # One thread: on a shared CPU, OpenMP threads spin-waiting for a busy core
     # made two-thread training up to ten times slower here.
     parser.add_argument("--threads", type=int, default=1)
