@@ -193,3 +193,14 @@ def test_small_sample_accuracy_on_held_out_prompts(trained: ShapesPipeline) -> N
     share = {attribute: sum(oks) / len(oks) for attribute, oks in right.items()}
     assert share["background"] >= 0.9 and share["colour"] >= 0.9, share
     assert share["shape"] >= 0.75, share
+
+
+def test_position_words_move_the_object(trained: ShapesPipeline) -> None:
+    """The same seeds, "at the top" against "at the bottom": the object follows the words."""
+    seeds = list(range(8))
+    rows = {
+        row: [scenes.classify(im).row for im in generate(
+            trained, [f"a red circle at the {row} on a blue background"] * 8, seeds)]
+        for row in ("top", "bottom")
+    }
+    assert rows["top"].count("top") >= 6 and rows["bottom"].count("bottom") >= 6, rows
