@@ -41,8 +41,8 @@ def request_id_of(request: Request) -> str:
 def log_at_debug(scope: Scope) -> None:
     """Log this request's line at DEBUG, for the frequent and uneventful.
 
-    Successful image fetches are most requests; at INFO their lines cost more
-    than serving the bytes (bench/serving.py). /metrics still counts each one.
+    Successful image fetches are most requests, and at INFO their lines were the
+    largest cost of serving one (bench/serving.py). /metrics still counts each.
     """
     scope.setdefault("state", {})["log_level"] = logging.DEBUG
 
