@@ -30,22 +30,19 @@ def logged() -> Iterator[tuple[io.StringIO, BatchingStreamHandler]]:
     handler.close()
 
 
+@pytest.mark.parametrize(("logger", "level", "message"), [
+    ("other", logging.INFO, "started"),  # another logger's routine record
+    ("buffered", logging.WARNING, "failed"),  # a warning of a buffered logger
+])
 def test_routine_lines_wait_and_anything_else_writes_them_first(
-        logged: tuple[io.StringIO, BatchingStreamHandler]) -> None:
+        logged: tuple[io.StringIO, BatchingStreamHandler], logger: str, level: int,
+        message: str) -> None:
     stream, _ = logged
     logging.getLogger("buffered").info("one")
     logging.getLogger("buffered").info("two")
     assert stream.getvalue() == ""
-    logging.getLogger("other").info("started")
-    assert stream.getvalue() == "buffered one\nbuffered two\nother started\n"
-
-
-def test_a_warning_of_a_buffered_logger_is_not_held(
-        logged: tuple[io.StringIO, BatchingStreamHandler]) -> None:
-    stream, _ = logged
-    logging.getLogger("buffered").info("one")
-    logging.getLogger("buffered").warning("failed")
-    assert stream.getvalue() == "buffered one\nbuffered failed\n"
+    logging.getLogger(logger).log(level, message)
+    assert stream.getvalue() == f"buffered one\nbuffered two\n{logger} {message}\n"
 
 
 def test_a_full_buffer_is_written(logged: tuple[io.StringIO, BatchingStreamHandler]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+from email.utils import formatdate
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,9 +22,6 @@ _PRIVATE_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
-_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _token(request: Request) -> str:
@@ -56,19 +53,12 @@ class ImageGet:
             (b"content-type", content_type.encode()),
             *_PRIVATE_HEADERS,
             (b"cache-control", b"private, max-age=%d" % seconds_left),
-            (b"expires", http_date(artifact.expires_at).encode()),
+            (b"expires", formatdate(artifact.expires_at, usegmt=True).encode()),
         ]
         log_at_debug(scope)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         body = b"" if scope["method"] == "HEAD" else data
         await send({"type": "http.response.body", "body": body})
-
-
-def http_date(timestamp: float) -> str:
-    """RFC 9110 IMF-fixdate, as email.utils.formatdate(usegmt=True) but without its detours."""
-    t = time.gmtime(timestamp)
-    return (f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 async def delete_image(request: Request) -> Response:
