@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 
 import httpx
 import pytest
 
-from web.request_log import ALLOWED_FIELDS, JsonLineFormatter
+from web.request_log import ALLOWED_FIELDS, JsonLineFormatter, new_request_id
 
 
 async def test_one_line_with_metadata(client: httpx.AsyncClient,
@@ -60,3 +62,20 @@ async def test_successful_image_fetches_are_logged_at_debug_and_failures_at_info
     levels = [(fields["method"], fields["status"], level) for level, fields in lines
               if "/i/" in fields["route"]]
     assert levels == [("GET", 200, "DEBUG"), ("DELETE", 204, "INFO"), ("GET", 404, "INFO")]
+
+
+def test_request_ids_are_unique_also_across_forked_workers() -> None:
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(re.fullmatch(r"req_[0-9a-f]{24}", i) for i in ids)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker forked from this process: its ids must not repeat ours
+        os.write(writer, new_request_id().encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    from_child = os.read(reader, 100).decode()
+    os.close(reader)
+    assert re.fullmatch(r"req_[0-9a-f]{24}", from_child)
+    assert from_child != new_request_id()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from email.utils import formatdate
 
@@ -22,6 +23,12 @@ _PRIVATE_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
 ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(epoch_seconds: int) -> bytes:
+    """The Expires value; cached, since many fetches share an expiry second."""
+    return formatdate(epoch_seconds, usegmt=True).encode()
 
 
 def _token(request: Request) -> str:
@@ -53,7 +60,7 @@ class ImageGet:
             (b"content-type", content_type.encode()),
             *_PRIVATE_HEADERS,
             (b"cache-control", b"private, max-age=%d" % seconds_left),
-            (b"expires", formatdate(artifact.expires_at, usegmt=True).encode()),
+            (b"expires", _http_date(math.floor(artifact.expires_at))),
         ]
         log_at_debug(scope)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
