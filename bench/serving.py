@@ -6,7 +6,9 @@ Both are real uvicorn processes with the same options; the store one is the
 whole app (`create_app`, request-log middleware, logging as `imagegen serve`
 configures it) with the image put into its memory store at start-up. wrk
 (Debian's `wrk`) drives each in turn, alternating; without wrk an async httpx
-client does. Prints requests per second and store / bare. Goal: >= 0.9.
+client does. Prints requests per second and store / bare (goal: >= 0.9), and
+each server's CPU time per request (from /proc), which a busy machine
+disturbs less than the rate does.
 
 `python -m bench.serving --serve store|bare --port N --token-file F` is one server.
 """
@@ -79,17 +81,19 @@ def serve(kind: str, port: int, token_file: Path) -> None:
                 server_header=False)
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    """(requests per second, requests done)."""
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
         capture_output=True, text=True, check=True)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
-    if match is None or "Non-2xx" in result.stdout:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    done = re.search(r"(\d+) requests in", result.stdout)
+    if rate is None or done is None or "Non-2xx" in result.stdout:
         raise RuntimeError("wrk saw errors:\n" + result.stdout)
-    return float(match.group(1))
+    return float(rate.group(1)), int(done.group(1))
 
 
-async def httpx_load(url: str, seconds: int, connections: int) -> float:
+async def httpx_load(url: str, seconds: int, connections: int) -> tuple[float, int]:
     limits = httpx.Limits(max_connections=connections)
     done = 0
     async with httpx.AsyncClient(limits=limits) as client:
@@ -104,39 +108,54 @@ async def httpx_load(url: str, seconds: int, connections: int) -> float:
 
         started = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(connections)))
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
 
 
-def measure(url: str, args: argparse.Namespace) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, pid: int, args: argparse.Namespace) -> tuple[float, float]:
+    """(requests per second, the server's CPU microseconds per request)."""
+    cpu_before = cpu_seconds(pid)
     if args.client == "wrk":
-        return wrk(url, args.seconds, args.connections)
-    return asyncio.run(httpx_load(url, args.seconds, args.connections))
+        rate, done = wrk(url, args.seconds, args.connections)
+    else:
+        rate, done = asyncio.run(httpx_load(url, args.seconds, args.connections))
+    return rate, (cpu_seconds(pid) - cpu_before) / done * 1e6
 
 
 def compare(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         token_file = Path(workdir) / "token"
-        bare: list[float] = []
-        stored: list[float] = []
+        bare: list[tuple[float, float]] = []
+        stored: list[tuple[float, float]] = []
         command = ["-m", "bench.serving", "--token-file", str(token_file), "--serve"]
         env = {"IMAGEGEN_LOG_LEVEL": args.log_level}
-        with server([*command, "bare"], env) as (bare_url, _), \
-                server([*command, "store"], env, ready_path="/healthz") as (store_url, _):
+        with server([*command, "bare"], env) as (bare_url, bare_process), \
+                server([*command, "store"], env, ready_path="/healthz") as (store_url,
+                                                                           store_process):
             while not token_file.exists() or not token_file.read_text():
                 time.sleep(0.05)
             image_url = f"{store_url}/i/{token_file.read_text()}.png"
             assert httpx.get(image_url).content == httpx.get(bare_url + "/image.png").content
             for _ in range(args.runs):
-                bare.append(measure(bare_url + "/image.png", args))
-                stored.append(measure(image_url, args))
+                bare.append(measure(bare_url + "/image.png", bare_process.pid, args))
+                stored.append(measure(image_url, store_process.pid, args))
     print(f"GET of a {IMAGE_BYTES // 1024} KB image, {args.connections} connections, "
           f"{args.seconds} s x {args.runs} runs each, alternating, client {args.client}, "
           f"service log level {args.log_level}")
-    print(f"bare Starlette route  median {median(bare):9.0f} req/s  "
-          f"(runs: {', '.join(f'{r:.0f}' for r in bare)})")
-    print(f"store (whole app)     median {median(stored):9.0f} req/s  "
-          f"(runs: {', '.join(f'{r:.0f}' for r in stored)})")
-    print(f"store / bare          {median(stored) / median(bare):.3f}   (goal >= 0.9)")
+    for name, runs in (("bare Starlette route", bare), ("store (whole app)", stored)):
+        rates = [rate for rate, _ in runs]
+        print(f"{name:<21} median {median(rates):9.0f} req/s  "
+              f"(runs: {', '.join(f'{r:.0f}' for r in rates)}), "
+              f"server CPU {median([cpu for _, cpu in runs]):.1f} us/request")
+    rate_ratio = median([r for r, _ in stored]) / median([r for r, _ in bare])
+    cpu_ratio = median([c for _, c in bare]) / median([c for _, c in stored])
+    print(f"store / bare          {rate_ratio:.3f}   (goal >= 0.9); "
+          f"by server CPU per request (bare / store): {cpu_ratio:.3f}")
 
 
 def main() -> None:

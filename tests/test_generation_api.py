@@ -38,6 +38,34 @@ async def test_url_response_serves_a_png(client: httpx.AsyncClient) -> None:
     assert Image.open(io.BytesIO(image.content)).size == (32, 32)
 
 
+async def test_image_hits_answered_early_match_the_routed_endpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    # Behind a root path ImageHits declines and the routed ImageGet answers:
+    # the two must give the same response.
+    url = (await generate(client, seed=5)).json()["data"][0]["url"]
+    path = httpx.URL(url).path
+    app = client.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, root_path="/prefix")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as routed:
+        answers = [await client.get(path), await routed.get("/prefix" + path),
+                   await client.head(path), await routed.head("/prefix" + path)]
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.headers["x-request-id"].startswith("req_")
+    ids = {answer.headers["x-request-id"] for answer in answers}
+    assert len(ids) == 4
+
+    def same_part(answer: httpx.Response) -> dict[str, str]:
+        # max-age may differ by a second between the calls
+        return {k: v for k, v in answer.headers.items()
+                if k not in ("x-request-id", "cache-control")}
+
+    assert all(same_part(answer) == same_part(answers[0]) for answer in answers)
+    assert answers[0].content == answers[1].content and len(answers[0].content) > 0
+    assert answers[2].content == answers[3].content == b""
+
+
 async def test_b64_json_stores_nothing(client: httpx.AsyncClient) -> None:
     response = await generate(client, response_format="b64_json", seed=3)
     assert response.status_code == 200

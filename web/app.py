@@ -87,14 +87,13 @@ def create_app(
             await store.close()
             services.encoder.shutdown()
 
-    # Image GETs are the most frequent request: their route is matched first
-    # (bench/serving.py: each route tried before costs every image request).
     routes = [*images.routes, *openai_api.routes, *edits.routes, *native_api.routes,
               *jobs.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes,
               *batches.routes]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware)],
+        # ImageHits first: it answers image hits before the other layers.
+        middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,
     )

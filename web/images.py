@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import time
 from email.utils import formatdate
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagegen.encode import CONTENT_TYPES
+from store.artifact import Artifact
 from web.errors import ApiError
-from web.request_log import log_at_debug
+from web.request_log import log_at_debug, new_request_id, request_done
 from web.routing import services_of
 from web.services import Services
 
+IMAGE_ROUTE = "/i/{token}.{ext}"
+# IMAGE_ROUTE as Starlette's router matches it (each parameter: one or more of [^/]).
+_IMAGE_PATH = re.compile(r"/i/([^/]+)\.([^/]+)")
+_ENCODED = {content_type: content_type.encode() for content_type in CONTENT_TYPES.values()}
+Header = tuple[bytes, bytes]
+_LOOKUP = "image_lookup"  # where a request's store answer is kept, in its scope's state
 EXPIRED = ApiError(404, "This image does not exist or has expired.", code="image_not_found")
 # Images are private to whoever holds the link, and must not leak it onwards.
 _PRIVATE_HEADERS = [
@@ -38,34 +47,101 @@ def _token(request: Request) -> str:
     return str(token)
 
 
-class ImageGet:
-    """GET and HEAD of an image as a raw ASGI endpoint.
+def image_headers(artifact: Artifact, data: bytes, content_type: bytes, now: float
+                  ) -> list[Header]:
+    seconds_left = max(0, math.floor(artifact.expires_at - now))
+    return [
+        (b"content-length", b"%d" % len(data)),
+        (b"content-type", content_type),
+        *_PRIVATE_HEADERS,
+        (b"cache-control", b"private, max-age=%d" % seconds_left),
+        (b"expires", _http_date(math.floor(artifact.expires_at))),
+    ]
 
-    The most frequent request, so it skips Starlette's Request and Response
-    objects and sends prebuilt headers (bench/serving.py compares it with a
-    bare Starlette route). Errors are raised as ApiError like anywhere else.
+
+async def _look_up(scope: Scope, services: Services, token: str) -> tuple[Artifact, bytes] | None:
+    """The store's answer for this request's token, asked once even if both
+    ImageHits and ImageGet see the request (an expired read counts once)."""
+    state = scope.setdefault("state", {})
+    if _LOOKUP not in state:
+        try:
+            state[_LOOKUP] = await services.store.get(token)
+        except Exception as exc:
+            state[_LOOKUP] = exc
+    answer: tuple[Artifact, bytes] | Exception | None = state[_LOOKUP]
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+async def send_image(scope: Scope, send: Send, headers: list[Header], data: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else data})
+
+
+class ImageGet:
+    """GET and HEAD of an image: the routed endpoint, which answers misses (404).
+
+    Hits are answered earlier, by ImageHits, except behind a root path, where
+    that declines and this answers them the same way.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
         content_type = CONTENT_TYPES.get(params["ext"])
         services: Services = scope["app"].state.services
-        found = None if content_type is None else await services.store.get(params["token"])
-        if found is None or found[0].content_type != content_type:
+        found = None if content_type is None else await _look_up(scope, services, params["token"])
+        if content_type is None or found is None or found[0].content_type != content_type:
             raise EXPIRED
         artifact, data = found
-        seconds_left = max(0, math.floor(artifact.expires_at - services.clock()))
-        headers = [
-            (b"content-length", b"%d" % len(data)),
-            (b"content-type", content_type.encode()),
-            *_PRIVATE_HEADERS,
-            (b"cache-control", b"private, max-age=%d" % seconds_left),
-            (b"expires", _http_date(math.floor(artifact.expires_at))),
-        ]
         log_at_debug(scope)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        body = b"" if scope["method"] == "HEAD" else data
-        await send({"type": "http.response.body", "body": body})
+        await send_image(scope, send, image_headers(artifact, data, _ENCODED[content_type],
+                                                    services.clock()), data)
+
+
+class ImageHits:
+    """Middleware that answers image hits before the router and the other middleware.
+
+    An image GET is the most frequent request and its own work is a dictionary
+    lookup, so the generic layers (request-log wrapper, exception middleware,
+    route matching) were most of its cost (bench/serving.py). Anything but a hit
+    (a miss, a store error, another method) goes on to the app, which answers it
+    as any other request. A hit still gets its request id, count and log line.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") \
+                and not scope.get("root_path"):
+            match = _IMAGE_PATH.fullmatch(scope["path"])
+            if match is not None and await self._serve_hit(scope, send, *match.groups()):
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve_hit(self, scope: Scope, send: Send, token: str, ext: str) -> bool:
+        content_type = CONTENT_TYPES.get(ext)
+        services: Services | None = getattr(scope["app"].state, "services", None)
+        if content_type is None or services is None:
+            return False
+        started = time.perf_counter()
+        try:
+            found = await _look_up(scope, services, token)
+        except Exception:
+            return False  # the app answers it with its error handling (503)
+        if found is None or found[0].content_type != content_type:
+            return False
+        artifact, data = found
+        request_id = new_request_id()
+        headers = image_headers(artifact, data, _ENCODED[content_type], services.clock())
+        headers.append((b"x-request-id", request_id.encode()))
+        log_at_debug(scope)
+        try:
+            await send_image(scope, send, headers, data)
+        finally:
+            request_done(scope, request_id, IMAGE_ROUTE, 200, started)
+        return True
 
 
 async def delete_image(request: Request) -> Response:
@@ -75,6 +151,6 @@ async def delete_image(request: Request) -> Response:
 
 
 routes = [
-    Route("/i/{token}.{ext}", ImageGet(), methods=["GET", "HEAD"]),
-    Route("/i/{token}.{ext}", delete_image, methods=["DELETE"]),
+    Route(IMAGE_ROUTE, ImageGet(), methods=["GET", "HEAD"]),
+    Route(IMAGE_ROUTE, delete_image, methods=["DELETE"]),
 ]

@@ -101,6 +101,26 @@ def configure_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+def request_done(scope: Scope, request_id: str, route: str, status: int, started: float) -> None:
+    """Count the request in /metrics and log its line, at the level it asked for."""
+    seconds = time.perf_counter() - started
+    services = getattr(scope["app"].state, "services", None)
+    if services is not None:
+        services.metrics.request_done(route, scope["method"], status, seconds)
+    state = scope.get("state", {})
+    level = state.get("log_level", logging.INFO)
+    if log.isEnabledFor(level):
+        fields = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 1),
+            **state.get("log_fields", {}),
+        }
+        log.log(level, "request", extra={"fields": fields})
+
+
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -135,19 +155,5 @@ class RequestLogMiddleware:
                                               error_type="server_error"))(
                     scope, receive, send_with_id)
         finally:
-            seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
-            services = getattr(scope["app"].state, "services", None)
-            if services is not None:
-                services.metrics.request_done(route, scope["method"], status, seconds)
-            level = state.get("log_level", logging.INFO)
-            if log.isEnabledFor(level):
-                fields = {
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 1),
-                    **state.get("log_fields", {}),
-                }
-                log.log(level, "request", extra={"fields": fields})
+            request_done(scope, request_id, route, status, started)
