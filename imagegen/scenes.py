@@ -66,6 +66,9 @@ _CENTRE_BAND = 3.0
 # Smallest gap, in native pixels, between the bounding boxes of two objects.
 _GAP = 2
 _MIN_COMPONENT = 5
+# Longest over shortest side of a square or circle read as one: a box read 2
+# pixels off at the smallest size (8 px) is 1.25; more is a rectangle or an oval.
+_MAX_ASPECT = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,7 @@ def render(scene: Scene, rng: random.Random) -> np.ndarray:
     image = Image.new("RGB", (big, big), COLOURS[scene.background])
     draw = ImageDraw.Draw(image)
     for cx, cy, extent in _place(scene, rng):
-        _draw_shape(draw, scene.shape, cx, cy, extent, COLOURS[scene.colour])
+        _draw_shape(draw, scene.shape, cx, cy, extent, extent, COLOURS[scene.colour])
     image = image.resize((NATIVE_SIZE, NATIVE_SIZE), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.uint8)
 
@@ -232,28 +235,30 @@ def _draw_shape(
     shape: str,
     cx: float,
     cy: float,
-    extent: float,
+    width: float,
+    height: float,
     fill: int | tuple[int, ...],
 ) -> None:
+    """One shape filling a width x height box (scenes use square boxes; the reader may not)."""
     s = _SUPERSAMPLE
-    x, y, h = cx * s, cy * s, extent * s / 2
+    x, y, w, h = cx * s, cy * s, width * s / 2, height * s / 2
     # PIL's boxes include their far corner: stop one supersampled pixel short.
-    box = (x - h, y - h, x + h - 1, y + h - 1)
+    box = (x - w, y - h, x + w - 1, y + h - 1)
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
         draw.rectangle(box, fill=fill)
     elif shape == "triangle":
-        draw.polygon([(x, y - h), (x + h, y + h), (x - h, y + h)], fill=fill)
+        draw.polygon([(x, y - h), (x + w, y + h), (x - w, y + h)], fill=fill)
     else:
-        draw.polygon([(x, y - h), (x + h, y), (x, y + h), (x - h, y)], fill=fill)
+        draw.polygon([(x, y - h), (x + w, y), (x, y + h), (x - w, y)], fill=fill)
 
 
-def shape_mask(shape: str, cx: float, cy: float, extent: float) -> np.ndarray:
+def shape_mask(shape: str, cx: float, cy: float, width: float, height: float) -> np.ndarray:
     """Boolean (32, 32) mask of one shape, as render() would cover it."""
     big = NATIVE_SIZE * _SUPERSAMPLE
     image = Image.new("L", (big, big), 0)
-    _draw_shape(ImageDraw.Draw(image), shape, cx, cy, extent, 255)
+    _draw_shape(ImageDraw.Draw(image), shape, cx, cy, width, height, 255)
     small = image.resize((NATIVE_SIZE, NATIVE_SIZE), Image.Resampling.BOX)
     return np.asarray(small) >= 128
 
@@ -357,15 +362,25 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _shape_of(component: np.ndarray) -> str:
+def _shape_of(component: np.ndarray) -> str | None:
+    """The shape whose template, stretched to the component's bounding box, fits it best.
+
+    Stretched, not square: against square templates a circle fitted a slightly
+    oblong square better than a square did, so a drawing anyone would call a
+    square was read as a circle. "Square" and "circle" name proportions too
+    ("triangle" and "diamond" do not), so an oblong one is read as neither (None).
+    """
     x0, y0, x1, y1 = _bbox(component)
-    cx, cy, extent = (x0 + x1) / 2, (y0 + y1) / 2, float(max(x1 - x0, y1 - y0))
+    cx, cy, width, height = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
 
     def iou(shape: str) -> float:
-        template = shape_mask(shape, cx, cy, extent)
+        template = shape_mask(shape, cx, cy, width, height)
         return float((template & component).sum() / (template | component).sum())
 
-    return max(SHAPES, key=iou)
+    best = max(SHAPES, key=iou)
+    if best in ("square", "circle") and max(width, height) > _MAX_ASPECT * min(width, height):
+        return None
+    return best
 
 
 def _size_class(extent: int) -> str:

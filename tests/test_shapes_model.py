@@ -57,6 +57,25 @@ def test_classifier_reads_back_rendered_scenes() -> None:
     assert wrong == {a: 0 for a in wrong}
 
 
+@pytest.mark.parametrize(
+    ("shape", "width", "height", "read"),
+    [
+        ("square", 12, 10, "square"),  # a little oblong, as the model sometimes draws it
+        ("square", 14, 9, None),  # a rectangle, not a square (nor, as once read, a circle)
+        ("circle", 11, 12, "circle"),
+        ("circle", 14, 9, None),  # an oval
+        ("triangle", 12, 8, "triangle"),  # squat, and still a triangle
+        ("diamond", 9, 14, "diamond"),
+    ],
+)
+def test_classifier_reads_the_kind_of_shape_and_the_proportions_of_squares_and_circles(
+    shape: str, width: int, height: int, read: str | None
+) -> None:
+    image = np.full((32, 32, 3), scenes.COLOURS["blue"], dtype=np.uint8)
+    image[scenes.shape_mask(shape, 16, 16, width, height)] = scenes.COLOURS["red"]
+    assert scenes.classify(image).shape == read
+
+
 def test_held_out_split_is_disjoint_and_uses_every_word() -> None:
     rng = random.Random(0)
     held = [scenes.sample_scene(rng, held_out=True) for _ in range(300)]
