@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from imagegen.pipelines.base import Cancelled, PipelineOutput, TextToImagePipeline
-from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, make_settings, running_app
-from web.bulk_files import prepare_batch_dir
+from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, free_port, make_settings, running_app
+from web.bulk_files import default_batch_dir, prepare_batch_dir
 from web.bulk_runner import BulkRunner
 from web.bulk_state import Batch
 from web.request_log import JsonLineFormatter
@@ -430,6 +430,16 @@ async def test_status_reports_counts_timings_and_time_left(tmp_path: Path) -> No
             assert unknown.status_code == 404
         finally:
             gate.released.set()
+
+
+async def test_shutdown_leaves_no_batch_directory_behind() -> None:
+    settings = make_settings(port=free_port())  # a directory of its own (the default)
+    directory = default_batch_dir(settings)
+    async with running_app(settings) as client:
+        batch_id = (await submit(client, [line(1)]))["id"]
+        await wait_until_ended(client, batch_id)
+        assert directory.is_dir()
+    assert not directory.exists()
 
 
 async def test_restart_mid_batch_removes_unreadable_files(

@@ -13,6 +13,7 @@ them, so nothing is written or read with a key that is being dropped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -53,6 +54,17 @@ def prepare_batch_dir(directory: Path) -> None:
         raise SettingsError("IMAGEGEN_BATCH_DIR must be a directory owned by this user")
     directory.chmod(DIRECTORY_MODE)
     sealing.remove_files(path for path in directory.iterdir() if _OWN_FILE.fullmatch(path.name))
+
+
+def remove_batch_dir(directory: Path) -> None:
+    """At shutdown, once every batch is dropped: the empty directory goes too.
+
+    Each port has its own default directory, so left behind they would pile
+    up in the temporary directory. One that still holds files is kept.
+    Blocking: shutdown only.
+    """
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        directory.rmdir()
 
 
 def file_stem(batch_id: str) -> str:

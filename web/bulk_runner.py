@@ -22,7 +22,7 @@ from typing import Any
 from imagegen.batcher import Lane, QueueFull, Ticket
 from imagegen.types import GenerationRequest, GenerationResult
 from imagegen.worker import DeadlineExceeded, JobCanceled
-from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir
+from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir, remove_batch_dir
 from web.bulk_parse import LineError, validate_body
 from web.bulk_state import Batch, BatchStatus, new_batch_id
 from web.errors import ApiError, api_error_for
@@ -56,6 +56,8 @@ class BulkRunner:
     def __init__(self, services: Services, directory: Path) -> None:
         self.services = services
         self.directory = directory
+        # An operator's IMAGEGEN_BATCH_DIR stays; the default one is ours to remove.
+        self.owns_directory = services.settings.batch_dir is None
         self.batches: dict[str, Batch] = {}
         self._pending: asyncio.Queue[Batch] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,6 +81,8 @@ class BulkRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for batch in list(self.batches.values()):
             await self._drop(batch)
+        if self.owns_directory:
+            await asyncio.to_thread(remove_batch_dir, self.directory)
 
     async def submit(self, lines: list[bytes], base_url: str) -> Batch:
         if sum(1 for batch in self.batches.values() if not batch.ended) >= MAX_OPEN_BATCHES:
