@@ -130,5 +130,5 @@ def load_stable_diffusion_pipeline(path: Path, device: torch.device,
                                    dtype: torch.dtype) -> StableDiffusionFamily:
     """Load from a local directory only; the hub is never asked."""
     text2image = AutoPipelineForText2Image.from_pretrained(
-        path, torch_dtype=dtype, local_files_only=True)
+        path, dtype=dtype, local_files_only=True)
     return StableDiffusionFamily(text2image, device, dtype)
