@@ -56,8 +56,6 @@ class BulkRunner:
     def __init__(self, services: Services, directory: Path) -> None:
         self.services = services
         self.directory = directory
-        # An operator's IMAGEGEN_BATCH_DIR stays; the default one is ours to remove.
-        self.owns_directory = services.settings.batch_dir is None
         self.batches: dict[str, Batch] = {}
         self._pending: asyncio.Queue[Batch] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,7 +79,7 @@ class BulkRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for batch in list(self.batches.values()):
             await self._drop(batch)
-        if self.owns_directory:
+        if self.services.settings.batch_dir is None:  # an operator's own directory stays
             await asyncio.to_thread(remove_batch_dir, self.directory)
 
     async def submit(self, lines: list[bytes], base_url: str) -> Batch:

@@ -47,16 +47,26 @@ def _token(request: Request) -> str:
     return str(token)
 
 
-def image_headers(artifact: Artifact, data: bytes, content_type: bytes, now: float
-                  ) -> list[Header]:
-    seconds_left = max(0, math.floor(artifact.expires_at - now))
-    return [
+async def _find_image(scope: Scope, services: Services, token: str, ext: str
+                      ) -> tuple[list[Header], bytes] | None:
+    """(response headers, bytes) of the image a path names, or None: unknown,
+    expired, or asked for under another extension than it was stored with."""
+    content_type = CONTENT_TYPES.get(ext)
+    if content_type is None:
+        return None
+    found = await _look_up(scope, services, token)
+    if found is None or found[0].content_type != content_type:
+        return None
+    artifact, data = found
+    seconds_left = max(0, math.floor(artifact.expires_at - services.clock()))
+    headers = [
         (b"content-length", b"%d" % len(data)),
-        (b"content-type", content_type),
+        (b"content-type", _ENCODED[content_type]),
         *_PRIVATE_HEADERS,
         (b"cache-control", b"private, max-age=%d" % seconds_left),
         (b"expires", _http_date(math.floor(artifact.expires_at))),
     ]
+    return headers, data
 
 
 async def _look_up(scope: Scope, services: Services, token: str) -> tuple[Artifact, bytes] | None:
@@ -74,7 +84,7 @@ async def _look_up(scope: Scope, services: Services, token: str) -> tuple[Artifa
     return answer
 
 
-async def send_image(scope: Scope, send: Send, headers: list[Header], data: bytes) -> None:
+async def _send_image(scope: Scope, send: Send, headers: list[Header], data: bytes) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else data})
 
@@ -88,15 +98,12 @@ class ImageGet:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope["path_params"]
-        content_type = CONTENT_TYPES.get(params["ext"])
         services: Services = scope["app"].state.services
-        found = None if content_type is None else await _look_up(scope, services, params["token"])
-        if content_type is None or found is None or found[0].content_type != content_type:
+        image = await _find_image(scope, services, params["token"], params["ext"])
+        if image is None:
             raise EXPIRED
-        artifact, data = found
         log_at_debug(scope)
-        await send_image(scope, send, image_headers(artifact, data, _ENCODED[content_type],
-                                                    services.clock()), data)
+        await _send_image(scope, send, *image)
 
 
 class ImageHits:
@@ -121,24 +128,22 @@ class ImageHits:
         await self.app(scope, receive, send)
 
     async def _serve_hit(self, scope: Scope, send: Send, token: str, ext: str) -> bool:
-        content_type = CONTENT_TYPES.get(ext)
         services: Services | None = getattr(scope["app"].state, "services", None)
-        if content_type is None or services is None:
+        if services is None:
             return False
         started = time.perf_counter()
         try:
-            found = await _look_up(scope, services, token)
+            image = await _find_image(scope, services, token, ext)
         except Exception:
             return False  # the app answers it with its error handling (503)
-        if found is None or found[0].content_type != content_type:
+        if image is None:
             return False
-        artifact, data = found
+        headers, data = image
         request_id = new_request_id()
-        headers = image_headers(artifact, data, _ENCODED[content_type], services.clock())
         headers.append((b"x-request-id", request_id.encode()))
         log_at_debug(scope)
         try:
-            await send_image(scope, send, headers, data)
+            await _send_image(scope, send, headers, data)
         finally:
             request_done(scope, request_id, IMAGE_ROUTE, 200, started)
         return True
