@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU check, one command on a machine with an NVIDIA GPU (under 8 minutes):
+# the GPU-marked tests, then bench.gpu at SD 1.5 (512x512, 20 steps) and SDXL
+# (1024x1024, 30 steps) shapes with random fp16 weights: service/raw at batch 1
+# and at the best batch, images/s, eager vs compiled. Prints a table for
+# docs/performance.md.
+#
+#   bash scripts/gpu-check.sh          # on the GPU host (wheels from scripts/gpu-wheels.sh in .whl/)
+#   bash scripts/gpu-check.sh --toy    # the same steps at toy size on a CPU
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+toy=""; [ "${1:-}" = "--toy" ] && toy="--toy"
+python=python3; [ -x .venv/bin/python ] && python=.venv/bin/python
+if [ -z "$toy" ] && compgen -G ".whl/*.whl" >/dev/null; then
+  # An offline host: what it lacks comes from wheels prepared on a connected machine.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/imagegen-site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/imagegen-site:$PWD"
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+status=0
+run() {  # a step that fails is reported and the check goes on
+  echo; echo "### $*"; local started=$SECONDS
+  "$@" || { echo "### FAILED ($?): $*"; status=1; }
+  echo "### $((SECONDS - started)) s"
+}
+[ -z "$toy" ] && run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+run "$python" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())"
+# GPU-marked tests (they skip cleanly without CUDA; exit 5 means none were collected).
+echo; echo "### pytest -m gpu"
+"$python" -m pytest -q -m gpu -p no:cacheprovider tests; rc=$?
+[ $rc -eq 0 ] || [ $rc -eq 5 ] || { echo "### FAILED: pytest -m gpu ($rc)"; status=1; }
+if [ -n "$toy" ]; then
+  run "$python" -m bench.gpu --toy --arch sd15 sdxl
+else
+  run "$python" -m bench.gpu --arch sd15 --steps 20 --batches 1 2 4 8 --rounds 4
+  run "$python" -m bench.gpu --arch sdxl --steps 30 --batches 1 2 4 --rounds 3
+fi
+echo; echo "GPU check $(date -u +%F) status $status"
+exit $status
