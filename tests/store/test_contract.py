@@ -1,5 +1,7 @@
 """The contract every backend keeps, run against each of them with the same tests."""
 
+import asyncio
+
 import pytest
 
 from store import StoreFull, artifact_id
@@ -111,6 +113,21 @@ async def test_full_store_refuses_and_keeps_what_it_holds(
     stats = await store.stats()
     assert (stats.count, stats.bytes, stats.max_bytes) == (1, 600, 1000)
     await store.put(b"c" * 400, PNG, 60)  # exactly at the budget fits
+
+
+async def test_concurrent_puts_honour_each_others_reservations(make_store: MakeStore) -> None:
+    """Two puts in flight at once must not both fit by each seeing only what is stored."""
+    store = make_store(max_bytes=1000)
+
+    results = await asyncio.gather(store.put(b"a" * 600, PNG, 60), store.put(b"b" * 600, PNG, 60),
+                                   return_exceptions=True)
+
+    assert sorted(type(result).__name__ for result in results) == ["StoreFull", "tuple"]
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (1, 600)
+    await store.put(b"c" * 400, PNG, 60)  # the failed put's reservation was given back
+    with pytest.raises(StoreFull):
+        await store.put(b"d", PNG, 60)
 
 
 async def test_expired_artifacts_make_room(make_store: MakeStore, clock: FakeClock) -> None:

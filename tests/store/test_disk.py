@@ -2,6 +2,7 @@
 
 import asyncio
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tests.store.conftest import FakeClock
 
 CANARY = b"CANARY-7f3a9c-do-not-store-in-plaintext"
 PNG = "image/png"
+WAIT = 10.0  # seconds: a guard against hanging, never a timing assertion
 
 
 @pytest.fixture
@@ -113,14 +115,43 @@ async def test_the_key_is_dropped_before_the_file(
     assert list(directory.iterdir()) == []
 
 
-async def test_a_cancelled_put_leaves_nothing(store: DiskStore, directory: Path) -> None:
-    putting = asyncio.create_task(store.put(b"z" * 5_000_000, PNG, 60))
-    await asyncio.sleep(0.001)  # in the writer thread now
+class HeldWriter:
+    """sealing.write_sealed held at the door until released, and reporting when it is done."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self._write = sealing.write_sealed
+
+    def __call__(self, path: Path, key: bytearray, aad: bytes, data: bytes) -> None:
+        self.entered.set()
+        self.release.wait(WAIT)
+        try:
+            self._write(path, key, aad, data)
+        finally:
+            self.finished.set()
+
+
+async def wait_for(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, WAIT), "the writer thread never got there"
+
+
+async def test_a_cancelled_put_leaves_nothing(
+    store: DiskStore, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = HeldWriter()
+    monkeypatch.setattr(sealing, "write_sealed", writer)
+    putting = asyncio.create_task(store.put(b"z" * 5_000, PNG, 60))
+    await wait_for(writer.entered)  # the file is being written by the thread now
     putting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await putting
+    writer.release.set()
+    await wait_for(writer.finished)  # the sealed file exists now, unless already removed
 
-    for _ in range(100):
+    # The removal runs in a thread after the write: wait for it, but only so long.
+    for _ in range(int(WAIT / 0.01)):
         if not list(directory.iterdir()):
             break
         await asyncio.sleep(0.01)
@@ -128,6 +159,37 @@ async def test_a_cancelled_put_leaves_nothing(store: DiskStore, directory: Path)
     stats = await store.stats()
     assert (stats.count, stats.bytes) == (0, 0)
     await store.put(b"z" * (10**7), PNG, 60)  # the whole budget is free again
+
+
+async def test_expiry_is_checked_again_after_the_threaded_read(
+    store: DiskStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, artifact = await store.put(b"payload", PNG, 10)
+    read_sealed = sealing.read_sealed
+
+    def slow_read(path: Path, key: bytearray, aad: bytes) -> bytes | None:
+        clock.tick(10)  # the artifact expires while its file is being read
+        return read_sealed(path, key, aad)
+
+    monkeypatch.setattr(sealing, "read_sealed", slow_read)
+    assert await store.get(token) is None
+    assert (await store.stats()).expired_total == 1
+
+
+async def test_a_delete_during_the_threaded_read_wins(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, _ = await store.put(b"payload", PNG, 60)
+    loop = asyncio.get_running_loop()
+    read_sealed = sealing.read_sealed
+
+    def read_while_deleted(path: Path, key: bytearray, aad: bytes) -> bytes | None:
+        data = read_sealed(path, key, aad)
+        asyncio.run_coroutine_threadsafe(store.delete(token), loop).result(WAIT)
+        return data
+
+    monkeypatch.setattr(sealing, "read_sealed", read_while_deleted)
+    assert await store.get(token) is None
 
 
 async def test_close_removes_every_file(store: DiskStore, directory: Path) -> None:
