@@ -27,8 +27,9 @@ run() {  # a step that fails is reported and the check goes on
 [ -z "$toy" ] && run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 run "$python" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())"
 # GPU-marked tests (they skip cleanly without CUDA; exit 5 means none were collected).
+# A module that needs a package the host lacks must not stop the GPU tests from running.
 echo; echo "### pytest -m gpu"
-"$python" -m pytest -q -m gpu -p no:cacheprovider tests; rc=$?
+"$python" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests; rc=$?
 [ $rc -eq 0 ] || [ $rc -eq 5 ] || { echo "### FAILED: pytest -m gpu ($rc)"; status=1; }
 if [ -n "$toy" ]; then
   run "$python" -m bench.gpu --toy --arch sd15 sdxl
