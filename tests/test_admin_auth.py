@@ -58,3 +58,35 @@ async def test_bad_retention_bodies(client: httpx.AsyncClient, body: dict[str, o
     response = await client.put("/admin/retention", headers=headers, json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("authorization", "status"), [
+    (f"Bearer {ADMIN_TOKEN[:-1]}", 403),  # a prefix of the token
+    (f"Bearer {ADMIN_TOKEN[:1]}", 403),
+    (f"Bearer {ADMIN_TOKEN}x", 403),  # the token and more
+    (f"Bearer {ADMIN_TOKEN.upper()}", 403),
+    (f"Basic {ADMIN_TOKEN}", 401),  # the right secret under another scheme
+    (f"Token {ADMIN_TOKEN}", 401),
+    (f"Bearerx {ADMIN_TOKEN}", 401),
+    (ADMIN_TOKEN, 401),  # no scheme at all
+    ("Bearer", 401),
+    ("Bearer ", 401),
+    ("", 401),
+])
+async def test_only_the_whole_token_as_a_bearer_is_admin(
+        client: httpx.AsyncClient, authorization: str, status: int) -> None:
+    refused = await client.get("/admin/stats", headers={"Authorization": authorization})
+    changed = await client.put("/admin/retention", headers={"Authorization": authorization},
+                               json={"default_ttl_seconds": 5})
+    assert (refused.status_code, changed.status_code) == (status, status)
+    assert refused.json()["error"]["code"] == ("forbidden" if status == 403 else "unauthorized")
+    policy = await client.get("/admin/retention",
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert policy.json()["default_ttl_seconds"] != 5  # nothing changed
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_the_scheme_is_case_insensitive(client: httpx.AsyncClient, scheme: str) -> None:
+    response = await client.get("/admin/stats",
+                                headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"})
+    assert response.status_code == 200
