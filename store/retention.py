@@ -13,6 +13,10 @@ from typing import Any, Protocol
 audit_log = logging.getLogger("imagegen.audit")
 
 DEFAULT_BATCH_RETENTION_SECONDS = 3600.0
+# The range of a lifetime: under a second every URL is dead on arrival; a year is plenty,
+# and far inside what an expiry time and an HTTP Expires date can carry (year 9999).
+MIN_LIFETIME_SECONDS = 1.0
+MAX_LIFETIME_SECONDS = 365 * 86400.0
 _POLICY_FIELDS = ("default_ttl_seconds", "max_ttl_seconds", "models", "batch_retention_seconds")
 _MODEL_FIELDS = ("default_ttl_seconds", "max_ttl_seconds")
 
@@ -42,7 +46,7 @@ class RetentionPolicy:
         _check_pair("", self.default_ttl_seconds, self.max_ttl_seconds)
         for name, limits in self.models.items():
             _check_pair(f"models.{name}.", limits.default_ttl_seconds, limits.max_ttl_seconds)
-        _check_positive("batch_retention_seconds", self.batch_retention_seconds)
+        _check_lifetime("batch_retention_seconds", self.batch_retention_seconds)
 
     def for_model(self, model: str) -> ModelRetention:
         """The model's limits: its override, else the policy-wide ones."""
@@ -170,8 +174,8 @@ def log_change(old: RetentionPolicy, new: RetentionPolicy, actor: str) -> None:
 
 
 def _check_pair(prefix: str, default: float, maximum: float) -> None:
-    _check_positive(f"{prefix}default_ttl_seconds", default)
-    _check_positive(f"{prefix}max_ttl_seconds", maximum)
+    _check_lifetime(f"{prefix}default_ttl_seconds", default)
+    _check_lifetime(f"{prefix}max_ttl_seconds", maximum)
     if default > maximum:
         raise ValueError(
             f"{prefix}default_ttl_seconds ({default:g}) must not exceed "
@@ -179,9 +183,11 @@ def _check_pair(prefix: str, default: float, maximum: float) -> None:
         )
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number of seconds")
+def _check_lifetime(name: str, value: float) -> None:
+    if not (isinstance(value, int | float)
+            and MIN_LIFETIME_SECONDS <= value <= MAX_LIFETIME_SECONDS):
+        raise ValueError(f"{name} must be between {MIN_LIFETIME_SECONDS:g} and "
+                         f"{MAX_LIFETIME_SECONDS:g} seconds")
 
 
 def _refuse_unknown(prefix: str, data: Mapping[str, Any], known: tuple[str, ...]) -> None:

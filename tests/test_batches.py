@@ -232,7 +232,7 @@ async def test_bad_lines_are_rejected_by_number(tmp_path: Path) -> None:
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["code"] == "invalid_lines" and error["param"] == "lines"
-        for expected in ("line 2 (body.prompt)", "line 4 (body.width)", "line 5 (line)",
+        for expected in ("line 2 (body.prompt)", "line 4 (body.width)", "line 5 (body)",
                          "line 6 (custom_id)", "line 7 (body.model)", "line 8 (body.prompt)",
                          "line 9 (body.init_image)", "line 10 (line)"):
             assert expected in error["message"]

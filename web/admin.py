@@ -10,12 +10,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from store.retention import RetentionPolicy
-from web.body import read_json_object
+from web.body import read_model
 from web.errors import ApiError, bad_request
 from web.ops import worker_healthy
+from web.request_models import RetentionUpdate
 from web.routing import services_of
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
+MAX_POLICY_BYTES = 64 * 1024
 
 
 def require_admin(request: Request) -> str:
@@ -44,13 +46,16 @@ async def get_retention(request: Request) -> JSONResponse:
 async def put_retention(request: Request) -> JSONResponse:
     actor = require_admin(request)
     services = services_of(request)
-    body = await read_json_object(request, 64 * 1024)
-    apply_to_existing = body.pop("apply_to_existing", False)
-    if not isinstance(apply_to_existing, bool):
-        raise bad_request("'apply_to_existing' must be true or false.", "apply_to_existing")
+    body = await read_model(request, RetentionUpdate, MAX_POLICY_BYTES)
+    if body.models is not None and (unknown := set(body.models) - set(services.engine.specs)):
+        # Limits of a model that does not exist would be stored, echoed and audited for nothing.
+        raise bad_request(f"'models' names {len(unknown)} model(s) this service does not "
+                          "serve; GET /v1/models lists them.", "models")
+    apply_to_existing = bool(body.apply_to_existing)
+    changes = body.model_dump(exclude_none=True, exclude={"apply_to_existing"})
     current = await services.retention.get()
     try:
-        policy = RetentionPolicy.from_dict(body, base=current)
+        policy = RetentionPolicy.from_dict(changes, base=current)
     except ValueError as exc:
         # Messages of the policy parser name fields and numbers only.
         raise bad_request(str(exc), str(exc).split(" ")[0]) from None

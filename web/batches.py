@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from web.body import read_body, require_media_type
-from web.bulk_parse import parse_batch
+from web.body import off_loop_if_large, read_body, require_media_type
+from web.bulk_parse import MAX_BATCH_LINES, TOO_MANY_LINES, parse_batch
 from web.bulk_runner import BulkRunner
 from web.bulk_state import Batch
 from web.errors import ApiError
@@ -37,7 +37,9 @@ async def find_batch(request: Request) -> Batch:
 async def create_batch(request: Request) -> JSONResponse:
     services = services_of(request)
     require_media_type(request, *BATCH_MEDIA_TYPES)
-    lines = parse_batch(services, await read_body(request, services.settings.max_body_bytes))
+    raw = await read_body(request, services.settings.max_body_bytes,
+                          line_limit=(MAX_BATCH_LINES, TOO_MANY_LINES))
+    lines = await off_loop_if_large(raw, parse_batch, services)
     batch = await runner_of(request).submit(lines, public_base_url(request))
     return JSONResponse(batch.to_dict(), status_code=202)
 

@@ -1,28 +1,27 @@
 """Reading a batch body (JSON Lines, or a JSON array) and validating every line up front.
 
-Each line is `{"custom_id": str, "body": {native fields + "model"}}`, checked
-exactly as the native API checks a request. One bad line rejects the batch;
-the error lists bad lines by number and field, never their content.
+Each line is `{"custom_id": str, "body": {native fields + "model"}}` (the
+BatchLine request model), checked exactly as the native API checks a request.
+One bad line rejects the batch; the error lists bad lines by number and field,
+never their content. The line count is checked before any line is parsed, and
+a large body is parsed in a thread, so junk costs the event loop nothing.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from web import strict_json
 from web.errors import ApiError
 from web.generate import check_prompt
 from web.generation_params import GenerationInput, find_model, parse_native
+from web.request_models import BatchLine, BatchLineBody, field_names, validate
 from web.services import Services
 
 MAX_BATCH_LINES = 1000
-MAX_CUSTOM_ID_CHARS = 64
 # Bad lines named in one error message; the count covers the rest.
 MAX_LISTED_LINES = 20
-LINE_FIELDS = frozenset({"custom_id", "body"})
-# Image inputs of the native API; a batch is text-to-image only.
-UNSUPPORTED_BODY_FIELDS = ("init_image", "mask_image")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,33 +38,35 @@ class LineError(Exception):
         self.reason = reason
 
 
-def validate_body(services: Services, body: Any) -> GenerationInput:
-    """A line's request body, checked as POST /v1/inference/{model} checks it."""
-    if not isinstance(body, dict):
-        raise LineError("body", "'body' must be a JSON object.")
-    for name in UNSUPPORTED_BODY_FIELDS:
-        if name in body:
-            raise LineError(f"body.{name}", f"'{name}' is not supported in a batch.")
+TOO_MANY_LINES = ApiError(413, f"A batch holds at most {MAX_BATCH_LINES} lines.",
+                          param="lines", code="batch_too_large")
+
+
+def _line_error(error: ApiError) -> LineError:
+    return LineError(error.param or "line", error.message)
+
+
+def validate_body(services: Services, body: BatchLineBody) -> GenerationInput:
+    """A line's request body, checked against its model as POST /v1/inference/{model} is."""
     try:
-        spec = find_model(services.engine.specs, body.get("model"), services.default_model)
+        spec = find_model(services.engine.specs, body.model, services.default_model)
         gen = parse_native(spec, body)
         check_prompt(services, gen)
     except ApiError as exc:
         raise LineError(f"body.{exc.param}" if exc.param else "body", exc.message) from None
-    if gen.response_format != "url":
-        # Results are stored images; inline data would put images in the output file.
-        raise LineError("body.output", "'output' must be 'url' in a batch.")
     return gen
 
 
-def parse_batch(services: Services, raw: bytes) -> list[bytes]:
-    """The normalized lines (JSON bytes, with the model and seed fixed), or a 4xx."""
+def parse_batch(raw: bytes, services: Services) -> list[bytes]:
+    """The normalized lines (JSON bytes, with the model and seed fixed), or a 4xx.
+
+    CPU-bound on a large body: callers run it in a thread.
+    """
     entries = _entries(raw)
     if not entries:
         raise ApiError(400, "The batch has no lines.", param="lines", code="empty_batch")
     if len(entries) > MAX_BATCH_LINES:
-        raise ApiError(413, f"A batch holds at most {MAX_BATCH_LINES} lines.", param="lines",
-                       code="batch_too_large")
+        raise TOO_MANY_LINES
     normalized: list[bytes] = []
     bad: list[BadLine] = []
     seen: set[str] = set()
@@ -82,18 +83,21 @@ def parse_batch(services: Services, raw: bytes) -> list[bytes]:
 class _NotJson:
     """A JSON Lines line that does not parse."""
 
+    def __init__(self, error: ApiError) -> None:
+        self.error = error
+
 
 def _entries(raw: bytes) -> list[Any]:
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "The body is not UTF-8 text.", code="invalid_json") from None
-    text = text.strip()
-    if text.startswith("["):
+    text = raw.strip()
+    if text.startswith(b"["):
         try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            raise ApiError(400, "The body is not a valid JSON array.",
+            document = strict_json.parse(text)
+        except strict_json.JsonSyntaxError as exc:
+            raise ApiError(400, f"The body is not a valid JSON array: {exc.reason}.",
                            code="invalid_json") from None
         if not isinstance(document, list):
             raise ApiError(400, "The body must be JSON Lines or a JSON array.",
@@ -101,35 +105,35 @@ def _entries(raw: bytes) -> list[Any]:
         return document
     if not text:
         return []
-    # "\n" only: str.splitlines would also split inside strings at U+2028 and friends.
-    return [_parse_line(line) for line in text.split("\n")]
+    # b"\n" only: splitting text would also split inside strings at U+2028 and friends.
+    lines = text.split(b"\n")
+    if len(lines) > MAX_BATCH_LINES:
+        raise TOO_MANY_LINES
+    return [_parse_line(line) for line in lines]
 
 
-def _parse_line(line: str) -> Any:
+def _parse_line(line: bytes) -> Any:
     try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return _NotJson()
+        return strict_json.parse(line)
+    except strict_json.JsonSyntaxError as exc:
+        return _NotJson(strict_json.syntax_error(exc, field_names(BatchLine)))
 
 
 def _normalize(services: Services, entry: Any, seen: set[str]) -> bytes:
     if isinstance(entry, _NotJson):
-        raise LineError("line", "The line is not valid JSON.")
-    if not isinstance(entry, dict) or set(entry) != LINE_FIELDS:
-        raise LineError("line", "A line must be a JSON object with exactly "
-                                "'custom_id' and 'body'.")
-    custom_id = entry["custom_id"]
-    if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= MAX_CUSTOM_ID_CHARS:
-        raise LineError("custom_id", f"'custom_id' must be a string of 1 to "
-                                     f"{MAX_CUSTOM_ID_CHARS} characters.")
-    if custom_id in seen:
+        raise _line_error(entry.error)
+    try:
+        line = validate(BatchLine, entry)
+    except ApiError as exc:
+        raise _line_error(exc) from None
+    gen = validate_body(services, line.body)
+    if line.custom_id in seen:
         raise LineError("custom_id", "'custom_id' repeats an earlier line's.")
-    seen.add(custom_id)
-    gen = validate_body(services, entry["body"])
+    seen.add(line.custom_id)
     # Fixed now, so the line runs later exactly as validated (and a random seed is kept).
-    body = {**entry["body"], "model": gen.model, "seed": gen.seed}
-    return json.dumps({"custom_id": custom_id, "body": body},
-                      separators=(",", ":")).encode()
+    body = line.body.model_copy(update={"model": gen.model, "seed": gen.seed})
+    return BatchLine(custom_id=line.custom_id, body=body).model_dump_json(
+        exclude_none=True).encode()
 
 
 def _rejected(bad: list[BadLine], total: int) -> ApiError:

@@ -29,6 +29,7 @@ from web.errors import ApiError, api_error_for
 from web.generate import DEADLINE_GRACE_SECONDS, store_images, to_request
 from web.generation_params import GenerationInput
 from web.request_log import new_request_id
+from web.request_models import BatchLine
 from web.services import Services
 
 log = logging.getLogger("imagegen.bulk")
@@ -192,10 +193,10 @@ class BulkRunner:
         raw = await asyncio.to_thread(batch.files.read_input, line)
         if raw is None:
             return _failure(line, None, UNREADABLE_INPUT), False
-        item = json.loads(raw)  # authenticated, so it is the JSON this process wrote
-        custom_id = item["custom_id"]
+        item = BatchLine.model_validate_json(raw)  # authenticated: what this process wrote
+        custom_id = item.custom_id
         try:
-            gen = validate_body(self.services, item["body"])
+            gen = validate_body(self.services, item.body)
             response = await self._generate(batch, gen)
         except LineError as exc:
             return _failure(line, custom_id, ("invalid_line", exc.reason)), False

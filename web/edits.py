@@ -7,8 +7,6 @@ service's extensions) is parsed in memory by web.multipart, never by
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -21,36 +19,11 @@ from web.image_inputs import load_inputs
 from web.multipart import Limits, fields_and_files, parse_multipart
 from web.openai_api import images_response, log_generation
 from web.request_log import request_id_of
+from web.request_models import ImageEditForm, field_names, validate
 from web.routing import public_base_url, services_of
 
-INT_FIELDS = ("n", "seed", "num_inference_steps", "ttl_seconds")
-FLOAT_FIELDS = ("guidance_scale", "strength")
 # Every field an error message may name; OpenAI's other fields (user, quality...) are ignored.
-KNOWN_FIELDS = frozenset({
-    "image", "image[]", "mask", "prompt", "model", "size", "response_format", "output_format",
-    "negative_prompt", "user", *INT_FIELDS, *FLOAT_FIELDS,
-})
-
-
-def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
-    """A form field is text; numbers are converted here, then validated like JSON ones."""
-    try:
-        return kind(text.strip())
-    except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise bad_request(f"'{name}' must be {noun}.", name) from None
-
-
-def form_body(fields: dict[str, str]) -> dict[str, Any]:
-    """The form's fields in the shape of a JSON body, for the shared validation."""
-    body: dict[str, Any] = dict(fields)
-    for name in INT_FIELDS:
-        if name in fields:
-            body[name] = _number(fields[name], name, int)
-    for name in FLOAT_FIELDS:
-        if name in fields:
-            body[name] = _number(fields[name], name, float)
-    return body
+KNOWN_FIELDS = field_names(ImageEditForm) | {"image[]", "user"}
 
 
 def upload(files: dict[str, bytes], fields: dict[str, str], name: str,
@@ -72,14 +45,16 @@ async def create_edit(request: Request) -> JSONResponse:
     parts = parse_multipart(body, request.headers["content-type"],
                             Limits(max_file_bytes=max_bytes), KNOWN_FIELDS)
     fields, files = fields_and_files(parts, KNOWN_FIELDS)
-    spec = find_model(services.engine.specs, fields.get("model"), services.default_model)
-    gen = parse_openai(spec, form_body(fields))
     # The OpenAI client sends a list of images as image[]; this API edits one.
     image = upload(files, fields, "image", "image[]")
     if image is None:
         raise bad_request("'image' is required: the image to edit, as a file part.", "image")
-    inputs = await load_inputs(image, upload(files, fields, "mask"), (gen.width, gen.height),
-                               "image", "mask")
+    # A form's values are text: numbers and booleans are read from it (strict=False).
+    form = validate(ImageEditForm, {**fields, "image": image,
+                                    "mask": upload(files, fields, "mask")}, strict=False)
+    spec = find_model(services.engine.specs, form.model, services.default_model)
+    gen = parse_openai(spec, form, form.strength)
+    inputs = await load_inputs(form.image, form.mask, (gen.width, gen.height), "image", "mask")
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),
                                inputs.init_image, inputs.mask_image)

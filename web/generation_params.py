@@ -1,4 +1,9 @@
-"""Validating generation fields, OpenAI-style and native; every error names its field."""
+"""A validated request body, checked against its model's own limits, as one GenerationInput.
+
+The body's types and the API's bounds are checked by web.request_models; what
+depends on the chosen model (its sizes, max_n, max steps) is checked here.
+Every error names its field.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,14 @@ from typing import Any
 
 from imagegen.registry import ModelSpec
 from web.errors import ApiError, bad_request
+from web.request_models import (
+    MAX_SEED,
+    GenerationFields,
+    ImageGenerationRequest,
+    NativeFields,
+)
 
-MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**32 - 1
-OUTPUT_FORMATS = ("png", "webp", "jpeg")
+DEFAULT_STRENGTH = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,61 +39,12 @@ class GenerationInput:
     ttl_seconds: int | None
     output_format: str
     response_format: str  # "url" | "b64_json" | "data_url"
-    strength: float = 0.8
+    strength: float = DEFAULT_STRENGTH
 
 
-def _missing(name: str) -> ApiError:
-    return bad_request(f"'{name}' is required.", name)
-
-
-def get_str(body: dict[str, Any], name: str, *, required: bool = False,
-            max_chars: int = MAX_PROMPT_CHARS) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise _missing(name)
-        return None
-    if not isinstance(value, str):
-        raise bad_request(f"'{name}' must be a string.", name)
-    if required and not value.strip():
-        raise bad_request(f"'{name}' must not be empty.", name)
-    if len(value) > max_chars:
-        raise bad_request(f"'{name}' must be at most {max_chars} characters.", name)
-    return value
-
-
-def get_int(
-    body: dict[str, Any], name: str, default: int | None, low: int, high: int
-) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    # JSON has one number type; 2.0 is fine, 2.5 and true are not.
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise bad_request(f"'{name}' must be an integer.", name)
-    if not low <= value <= high:
-        raise bad_request(f"'{name}' must be between {low} and {high}.", name)
-    return int(value)
-
-
-def get_float(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"'{name}' must be a number.", name)
-    if not low <= value <= high:
-        raise bad_request(f"'{name}' must be between {low} and {high}.", name)
-    return float(value)
-
-
-def get_choice(body: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if value not in choices:
-        raise bad_request(f"'{name}' must be one of: {', '.join(choices)}.", name)
-    return str(value)
+def check_limit(value: int, limit: int, name: str, what: str) -> None:
+    if value > limit:
+        raise bad_request(f"'{name}' must be at most {limit} ({what}).", name)
 
 
 def check_size(spec: ModelSpec, width: int, height: int, param: str) -> None:
@@ -93,75 +53,54 @@ def check_size(spec: ModelSpec, width: int, height: int, param: str) -> None:
         raise bad_request(f"'{param}' must be one of the model's sizes: {allowed}.", param)
 
 
-def parse_size(spec: ModelSpec, body: dict[str, Any]) -> tuple[int, int]:
-    value = body.get("size")
-    if value is None:
-        return spec.default_size
-    if not isinstance(value, str) or value.count("x") != 1:
-        raise bad_request("'size' must look like '512x512'.", "size")
-    width, height = value.split("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise bad_request("'size' must look like '512x512'.", "size")
-    check_size(spec, int(width), int(height), "size")
-    return int(width), int(height)
-
-
-def _common(spec: ModelSpec, body: dict[str, Any], n_field: str) -> dict[str, Any]:
-    """The fields both API forms share, validated against the model's limits."""
-    prompt = get_str(body, "prompt", required=True)
-    assert prompt is not None
-    n = get_int(body, n_field, 1, 1, spec.max_n)
-    steps = get_int(body, "num_inference_steps", spec.default_steps, 1, spec.max_steps)
-    seed = get_int(body, "seed", None, 0, MAX_SEED)
-    ttl = get_int(body, "ttl_seconds", None, 1, 10**9)
-    assert n is not None and steps is not None
+def _common(spec: ModelSpec, body: GenerationFields, n_field: str, n: int | None,
+            strength: float | None) -> dict[str, Any]:
+    """The fields both API forms share, checked against the model's own limits."""
+    n = 1 if n is None else n
+    check_limit(n, spec.max_n, n_field, f"the max_n of model {spec.name}")
+    steps = spec.default_steps if body.num_inference_steps is None else body.num_inference_steps
+    check_limit(steps, spec.max_steps, "num_inference_steps",
+                f"the max_inference_steps of model {spec.name}")
     return {
         "model": spec.name,
-        "prompt": prompt,
-        "negative_prompt": get_str(body, "negative_prompt"),
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
         "n": n,
         "steps": steps,
-        "guidance": get_float(body, "guidance_scale", spec.default_guidance, 0.0, 30.0),
-        "seed": secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-        "ttl_seconds": ttl,
-        "strength": get_float(body, "strength", 0.8, 0.01, 1.0),
+        "guidance": spec.default_guidance if body.guidance_scale is None
+        else body.guidance_scale,
+        "seed": secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed,
+        "ttl_seconds": body.ttl_seconds,
+        "output_format": body.output_format or "png",
+        "strength": DEFAULT_STRENGTH if strength is None else strength,
     }
 
 
-def parse_openai(spec: ModelSpec, body: dict[str, Any]) -> GenerationInput:
-    common = _common(spec, body, "n")
-    width, height = parse_size(spec, body)
-    return GenerationInput(
-        width=width,
-        height=height,
-        output_format=get_choice(body, "output_format", "png", OUTPUT_FORMATS),
-        response_format=get_choice(body, "response_format", "url", ("url", "b64_json")),
-        **common,
-    )
+def parse_openai(spec: ModelSpec, body: ImageGenerationRequest,
+                 strength: float | None = None) -> GenerationInput:
+    if body.size is None:
+        width, height = spec.default_size
+    else:
+        width, height = (int(side) for side in body.size.split("x"))
+        check_size(spec, width, height, "size")
+    return GenerationInput(width=width, height=height,
+                           response_format=body.response_format or "url",
+                           **_common(spec, body, "n", body.n, strength))
 
 
-def parse_native(spec: ModelSpec, body: dict[str, Any]) -> GenerationInput:
-    common = _common(spec, body, "num_images")
+def parse_native(spec: ModelSpec, body: NativeFields,
+                 strength: float | None = None) -> GenerationInput:
     default_width, default_height = spec.default_size
-    width = get_int(body, "width", default_width, 1, 16384)
-    height = get_int(body, "height", default_height, 1, 16384)
-    assert width is not None and height is not None
+    width = default_width if body.width is None else body.width
+    height = default_height if body.height is None else body.height
     check_size(spec, width, height, "width")
-    output = get_choice(body, "output", "url", ("url", "data_url"))
-    return GenerationInput(
-        width=width,
-        height=height,
-        output_format=get_choice(body, "output_format", "png", OUTPUT_FORMATS),
-        response_format=output,
-        **common,
-    )
+    return GenerationInput(width=width, height=height, response_format=body.output or "url",
+                           **_common(spec, body, "num_images", body.num_images, strength))
 
 
-def find_model(specs: dict[str, ModelSpec], name: Any, default: str) -> ModelSpec:
+def find_model(specs: dict[str, ModelSpec], name: str | None, default: str) -> ModelSpec:
     if name is None:
         name = default
-    if not isinstance(name, str):
-        raise bad_request("'model' must be a string.", "model")
     spec = specs.get(name)
     if spec is None:
         raise ApiError(404, "The model does not exist; GET /v1/models lists them.",

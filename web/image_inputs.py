@@ -16,11 +16,11 @@ import binascii
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from web.errors import ApiError, bad_request
+from web.request_models import InferenceRequest
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 ALLOWED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -78,11 +78,8 @@ def _too_many_pixels(field: str, max_pixels: int) -> ApiError:
                     code="image_too_large")
 
 
-def decode_base64(value: Any, field: str, max_bytes: int) -> bytes:
+def decode_base64(text: str, field: str, max_bytes: int) -> bytes:
     """The bytes of a native-API image field: plain base64, or a base64 data URL."""
-    if not isinstance(value, str):
-        raise bad_request(f"'{field}' must be a base64 string or a data URL.", field)
-    text = value
     if text[:5].lower() == "data:":
         header, comma, text = text.partition(",")
         media_type, *params = header[5:].split(";")
@@ -149,10 +146,10 @@ async def load_inputs(image_data: bytes, mask_data: bytes | None, size: tuple[in
                                    image_field, mask_field)
 
 
-async def native_inputs(body: dict[str, Any], size: tuple[int, int],
+async def native_inputs(body: InferenceRequest, size: tuple[int, int],
                         max_bytes: int) -> ImageInputs:
     """init_image / mask_image of a native JSON body (both optional)."""
-    init_value, mask_value = body.get("init_image"), body.get("mask_image")
+    init_value, mask_value = body.init_image, body.mask_image
     if init_value is None:
         if mask_value is not None:
             raise bad_request("'mask_image' needs an 'init_image'.", "mask_image")

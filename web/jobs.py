@@ -30,7 +30,7 @@ from starlette.routing import Route
 from imagegen.batcher import Ticket
 from imagegen.types import Progress
 from imagegen.worker import JobCanceled
-from web.body import read_json_object
+from web.body import read_model
 from web.errors import ApiError, api_error_for, bad_request
 from web.generate import (
     check_prompt,
@@ -44,6 +44,7 @@ from web.generation_params import GenerationInput, find_model, parse_native
 from web.image_inputs import ImageInputs, native_inputs
 from web.job_state import TERMINAL_EVENTS, JobEvent, JobRecord
 from web.request_log import log_fields, request_id_of
+from web.request_models import JobRequest
 from web.routing import public_base_url, services_of
 from web.services import Services
 
@@ -279,9 +280,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def body_hash(body: dict[str, Any]) -> str:
-    """The same JSON object hashes the same, whatever its key order or spacing."""
-    return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+def body_hash(body: JobRequest) -> str:
+    """The same request hashes the same, whatever its key order, spacing or ignored fields."""
+    return sha256_hex(body.model_dump_json().encode())
 
 
 def idempotency_key_hash(request: Request) -> str | None:
@@ -311,28 +312,21 @@ def accepted(job: Job, replayed: bool) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers=headers)
 
 
-def parse_job(services: Services, body: dict[str, Any]) -> tuple[GenerationInput, bool]:
-    spec = find_model(services.engine.specs, body.get("model"), services.default_model)
-    gen = parse_native(spec, body)
-    if gen.response_format != "url":
-        # A job's result outlives the request; its images live in the store, not in the record.
-        raise bad_request("Jobs return image URLs; 'output' must be 'url'.", "output")
-    previews = body.get("previews", False)
-    if not isinstance(previews, bool):
-        raise bad_request("'previews' must be true or false.", "previews")
-    return gen, previews
+def parse_job(services: Services, body: JobRequest) -> GenerationInput:
+    spec = find_model(services.engine.specs, body.model, services.default_model)
+    return parse_native(spec, body, body.strength)
 
 
 async def create_job(request: Request) -> JSONResponse:
     services = services_of(request)
     registry = registry_of(services)
-    body = await read_json_object(request, services.settings.max_body_bytes)
+    body = await read_model(request, JobRequest, services.settings.max_body_bytes)
     key_hash = idempotency_key_hash(request)
     digest = body_hash(body)
     if key_hash is not None and (earlier := registry.replay(key_hash, digest)) is not None:
         log_fields(request, job_id_hash=job_id_hash(earlier.record.id))
         return accepted(earlier, replayed=True)
-    gen, previews = parse_job(services, body)
+    gen = parse_job(services, body)
     log_fields(request, model=gen.model, n=gen.n, width=gen.width, height=gen.height,
                steps=gen.steps, guidance=gen.guidance, seed=gen.seed,
                output_format=gen.output_format)
@@ -345,7 +339,7 @@ async def create_job(request: Request) -> JSONResponse:
         return accepted(earlier, replayed=True)
     key = None if key_hash is None else (key_hash, digest)
     job = registry.start(gen, inputs, ttl, public_base_url(request), request_id_of(request),
-                         previews, key)
+                         bool(body.previews), key)
     log_fields(request, job_id_hash=job_id_hash(job.record.id), ttl_seconds=ttl)
     return accepted(job, replayed=False)
 
@@ -380,7 +374,8 @@ def format_event(event: JobEvent) -> str:
 
 def last_event_id(request: Request) -> int:
     value = request.headers.get("last-event-id", "")
-    return int(value) if value.isdigit() else 0
+    # isdigit() alone passes "²" and other digits int() refuses; an id has at most 19 digits.
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else 0
 
 
 async def event_stream(registry: JobRegistry, job: Job, after_seq: int) -> AsyncIterator[str]:

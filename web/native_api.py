@@ -9,12 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from web.body import read_json_object
+from web.body import read_model
 from web.generate import generate
 from web.generation_params import find_model, parse_native
 from web.image_inputs import native_inputs
 from web.openai_api import log_generation, usage
 from web.request_log import request_id_of
+from web.request_models import InferenceRequest
 from web.routing import public_base_url, services_of
 
 
@@ -22,8 +23,8 @@ async def infer(request: Request) -> JSONResponse:
     services = services_of(request)
     started = time.perf_counter()
     spec = find_model(services.engine.specs, request.path_params["model"], "")
-    body = await read_json_object(request, services.settings.max_body_bytes)
-    gen = parse_native(spec, body)
+    body = await read_model(request, InferenceRequest, services.settings.max_body_bytes)
+    gen = parse_native(spec, body, body.strength)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),

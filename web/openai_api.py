@@ -9,10 +9,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from imagegen.registry import ModelSpec
-from web.body import read_json_object
+from web.body import read_model
 from web.generate import Generated, generate
 from web.generation_params import GenerationInput, find_model, parse_openai
 from web.request_log import log_fields, request_id_of
+from web.request_models import ImageGenerationRequest
 from web.routing import public_base_url, services_of
 
 DEFAULT_MODEL_CREATED = 1_700_000_000
@@ -37,8 +38,8 @@ def usage(generated: Generated) -> dict[str, float]:
 
 async def create_image(request: Request) -> JSONResponse:
     services = services_of(request)
-    body = await read_json_object(request, services.settings.max_body_bytes)
-    spec = find_model(services.engine.specs, body.get("model"), services.default_model)
+    body = await read_model(request, ImageGenerationRequest, services.settings.max_body_bytes)
+    spec = find_model(services.engine.specs, body.model, services.default_model)
     gen = parse_openai(spec, body)
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request))
