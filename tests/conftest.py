@@ -8,7 +8,11 @@ import httpx
 import pytest
 import torch
 
+from tests.components import pytest_runtest_makereport  # noqa: F401  (a hook: CI fails skips)
 from tests.helpers import running_app
+
+# pytester runs the hook above on a suite of its own (tests/test_components.py).
+pytest_plugins = ["pytester"]
 
 # Tests run many tiny generations beside other threads (encoders, servers): one
 # intra-op thread avoids oversubscribing a small machine, which costs up to 10x.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,10 +27,11 @@ import redis
 
 from store.redis import DEFAULT_PREFIX
 from store.tokens import artifact_id
+from tests.components import missing, which
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+    pytest.mark.skipif(which("redis-server") is None, reason="needs redis-server"),
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,14 +342,14 @@ def test_after_a_redis_crash_and_restart_the_replicas_recover_by_themselves(
                "the policy to be written back to redis")
 
 
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+NGINX = which("nginx")
 
 
 @pytest.fixture
 def load_balancer(replicas: tuple[Replica, Replica], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """deploy/nginx.conf in front of the two replicas; yields its URL and its log file."""
     if NGINX is None:
-        pytest.skip("needs nginx")
+        missing("nginx")
     port = free_port()
     config = (REPO / "deploy" / "nginx.conf").read_text()
     for name, replica in zip(("imagegen-a", "imagegen-b"), replicas, strict=True):
@@ -374,6 +374,7 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.nginx
 def test_the_load_balancer_spreads_requests_keeps_jobs_together_and_logs_no_url(
     replicas: tuple[Replica, Replica], minted: list[str], load_balancer: tuple[str, Path]
 ) -> None:

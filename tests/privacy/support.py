@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -35,10 +36,63 @@ _DISK_EVENTS = frozenset({"tempfile.mkstemp", "tempfile.mkdtemp", "os.mkdir", "o
                           "os.link", "os.symlink", "os.truncate", "shutil.copyfile"})
 
 
-class WriteRecorder:
-    """An audit hook that records every write to disk, from any thread, while switched on.
+_PROC_FDS = "/proc/self/fd"
+_ACCESS_MODE = 0o3  # the O_ACCMODE bits of the flags in /proc/self/fdinfo
 
-    Audit hooks cannot be removed, so there is one for the whole test session.
+
+# (device, inode, size, mtime_ns, position) of a file open for writing.
+FileState = tuple[int, int, int, int, int]
+
+
+def _path_of(fd: int) -> str:
+    try:
+        return os.readlink(f"{_PROC_FDS}/{fd}")
+    except OSError:
+        return f"descriptor {fd}"
+
+
+def _file_state(fd: int) -> FileState | None:
+    """(device, inode, size, mtime_ns, position) of a regular file open for writing, else None."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as info:
+            fields = dict(line.split(":", 1) for line in info if ":" in line)
+        if int(fields["flags"].strip(), 8) & _ACCESS_MODE == os.O_RDONLY:
+            return None
+        status = os.fstat(fd)
+    except (OSError, KeyError, ValueError):
+        return None  # closed meanwhile, or not ours to read
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+            int(fields["pos"].strip()))
+
+
+def _files_open_for_writing() -> dict[int, FileState]:
+    """Every regular file this process holds open for writing, by descriptor.
+
+    stdout and stderr are left out: they are the log channel, which the log tests
+    read for content (under pytest they are temporary files).
+    """
+    console = set()
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            console.add((os.fstat(fd).st_dev, os.fstat(fd).st_ino))
+    states = {}
+    for name in os.listdir(_PROC_FDS):
+        state = _file_state(int(name))
+        if state is not None and state[:2] not in console:
+            states[int(name)] = state
+    return states
+
+
+class WriteRecorder:
+    """Records every write to disk, from any thread, while switched on.
+
+    An audit hook sees each open for writing (and the other events that change a
+    directory); audit hooks cannot be removed, so there is one for the whole test
+    session. Python raises no audit event for a write itself, so a file opened
+    before recording began, and written through during it, is caught another
+    way: its size, modification time or position differ at the end.
     """
 
     def __init__(self) -> None:
@@ -61,6 +115,17 @@ class WriteRecorder:
         with self._lock:
             self.writes.append(what)
 
+    def _record_changed(self, before: dict[int, tuple[FileState, str]]) -> None:
+        for fd, (state, path) in before.items():
+            now = _file_state(fd)
+            if now is None or now[:2] != state[:2]:  # closed since: look the file up by path
+                with contextlib.suppress(OSError):
+                    status = os.stat(path)
+                    if (status.st_dev, status.st_ino) == state[:2]:
+                        now = (*state[:2], status.st_size, status.st_mtime_ns, state[4])
+            if now is not None and now[:2] == state[:2] and now[2:] != state[2:]:
+                self._record(f"write to {path!r} through a descriptor opened before recording")
+
     @contextlib.contextmanager
     def recording(self) -> Iterator[list[str]]:
         """Record while the block runs; yields the list the writes land in."""
@@ -68,12 +133,14 @@ class WriteRecorder:
         saved = sys.dont_write_bytecode
         sys.dont_write_bytecode = True
         self.writes = []
+        before = {fd: (state, _path_of(fd)) for fd, state in _files_open_for_writing().items()}
         self._on = True
         try:
             yield self.writes
         finally:
             self._on = False
             sys.dont_write_bytecode = saved
+            self._record_changed(before)
 
 
 WRITES = WriteRecorder()

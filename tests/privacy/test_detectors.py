@@ -55,6 +55,33 @@ def test_the_recorder_sees_writes_from_any_thread_and_ignores_reads(tmp_path: Pa
     assert not any("existing" in write for write in writes)
 
 
+def test_the_recorder_sees_writes_through_files_opened_before_it_began(tmp_path: Path) -> None:
+    """A log file, a scratch file or a descriptor opened at start-up, written during a request."""
+    appended = (tmp_path / "appended").open("ab", buffering=0)
+    overwritten = os.open(tmp_path / "overwritten", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(overwritten, b"before")
+    os.utime(overwritten, ns=(0, 0))  # so a write now changes the time whatever its resolution
+    closed = (tmp_path / "closed").open("wb")
+    untouched = (tmp_path / "untouched").open("wb")
+    read_only = (tmp_path / "appended").open("rb")
+    try:
+        with WRITES.recording() as writes:
+            thread = threading.Thread(target=appended.write, args=(CANARY.encode(),))
+            thread.start()
+            thread.join()
+            os.pwrite(overwritten, b"AFTER!", 0)  # same size, position unmoved
+            closed.write(b"x")
+            closed.close()
+            read_only.read()
+    finally:
+        for file in (appended, untouched, read_only):
+            file.close()
+        os.close(overwritten)
+    written = {name for name in ("appended", "overwritten", "closed", "untouched")
+               if any(f"{name}'" in write for write in writes)}
+    assert written == {"appended", "overwritten", "closed"}
+
+
 def test_the_log_capture_sees_args_extras_tracebacks_and_non_propagating_loggers(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # diffusers may configure its library logger not to propagate to the root.

@@ -1,6 +1,5 @@
 """Fixtures of the store suite: a fake clock, a throwaway Redis, stores of every backend."""
 
-import shutil
 import socket
 import subprocess
 import time
@@ -11,8 +10,9 @@ import pytest
 import redis
 
 from store import ArtifactStore, create_store
+from tests.components import missing, which
 
-REDIS_SERVER = shutil.which("redis-server")
+REDIS_SERVER = which("redis-server")
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
 )
@@ -76,7 +76,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing("redis-server (apt-get install redis-server)")
     server = RedisServer()
     server.start()
     yield server
