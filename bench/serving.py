@@ -53,9 +53,9 @@ def bare_app() -> Starlette:
 
 def store_app(token_file: Path) -> Starlette:
     """The real app, with one 200 KB PNG artifact put into its store once it has started."""
+    from service.settings import Settings
     from web.app import create_app
     from web.request_log import configure_logging
-    from web.settings import Settings
 
     settings = Settings.load()
     configure_logging(settings.log_level)

@@ -42,7 +42,7 @@ async def sweep_costs(n: int, ks: list[int], repeat: int) -> dict[int, float]:
                 await store.put(PAYLOAD, "image/png", 1)
             clock.now += 2
             started = time.perf_counter()
-            removed = await store.sweep_expired()
+            removed = await store.sweep()
             best = min(best, time.perf_counter() - started)
             assert len(removed) == k
         costs[k] = best

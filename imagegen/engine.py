@@ -1,4 +1,4 @@
-"""The loaded models and the worker of each device: what the web layer submits to."""
+"""The loaded models and the worker of each device: what the service submits to."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 
 from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
 from imagegen.pipelines.base import TextToImagePipeline
-from imagegen.registry import ModelSpec, load_pipeline
-from imagegen.types import GenerationRequest, Progress
+from imagegen.registry import ModelSpec
+from imagegen.types import GenerationRequest, Progress, QueueEvent
 from imagegen.worker import JobCanceled, Worker
 
 __all__ = ["Engine", "QueueFull"]
@@ -20,8 +20,8 @@ class Engine:
         specs: Mapping[str, ModelSpec],
         pipelines: Mapping[str, TextToImagePipeline],
         queue_size: int,
-        on_batch: Callable[[int, float], None] | None = None,
-        batch_wait: float = 0.0,
+        on_micro_batch: Callable[[int, float], None] | None = None,
+        micro_batch_wait: float = 0.0,
     ) -> None:
         self.specs = dict(specs)
         self.pipelines = dict(pipelines)
@@ -31,16 +31,9 @@ class Engine:
         self._batchers: dict[str, Batcher] = {}
         self._workers: dict[str, Worker] = {}
         for device, device_pipelines in by_device.items():
-            batcher = Batcher(queue_size, self._max_batch, batch_wait)
+            batcher = Batcher(queue_size, self._max_batch, micro_batch_wait)
             self._batchers[device] = batcher
-            self._workers[device] = Worker(device, batcher, device_pipelines, on_batch)
-
-    @classmethod
-    def load(cls, specs: Mapping[str, ModelSpec], queue_size: int,
-             on_batch: Callable[[int, float], None] | None = None,
-             batch_wait: float = 0.0) -> Engine:
-        pipelines = {name: load_pipeline(spec) for name, spec in specs.items()}
-        return cls(specs, pipelines, queue_size, on_batch, batch_wait)
+            self._workers[device] = Worker(device, batcher, device_pipelines, on_micro_batch)
 
     def _max_batch(self, model: str) -> int:
         return self.specs[model].max_batch
@@ -76,15 +69,16 @@ class Engine:
         lane: Lane = Lane.INTERACTIVE,
         on_progress: Callable[[Progress], None] | None = None,
         timeout_seconds: float | None = None,
+        on_queue: Callable[[QueueEvent], None] | None = None,
     ) -> Ticket:
-        """Queue a request. Raises QueueFull when its device's queue is full."""
-        deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
-        ticket = Ticket(request=request, lane=lane, deadline=deadline, on_progress=on_progress)
+        """Queue a request. Raises QueueFull when its device's queue is full.
+
+        The ticket's position and start are pushed to on_queue as they change.
+        """
+        ticket = Ticket(request=request, lane=lane, timeout_seconds=timeout_seconds,
+                        on_progress=on_progress, on_queue=on_queue)
         self._batcher_for(request.params.model).submit(ticket)
         return ticket
-
-    def position(self, ticket: Ticket) -> int | None:
-        return self._batcher_for(ticket.request.params.model).position(ticket.id)
 
     def cancel(self, ticket: Ticket) -> None:
         """Cancel a queued ticket at once, or a running one at its next step."""

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
-
-# Called by a pipeline after each denoising step: (step, total, preview or None).
-StepCallback = Callable[[int, int, "Image.Image | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +41,7 @@ class GenerationResult:
     images: list[Image.Image]
     seed: int
     device_seconds: float
-    batch_size: int = 1
+    micro_batch_size: int = 1  # images in the one pipeline call this request shared
     ignored_words: int = 0
 
 
@@ -54,3 +50,19 @@ class Progress:
     step: int
     total: int
     preview: Image.Image | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A ticket's place in its device's queue changed (1 = runs next)."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A ticket went onto the device (again, after giving way to interactive work)."""
+
+
+# What the queue pushes to a ticket's listener, in the order it happened.
+QueueEvent = Queued | Started

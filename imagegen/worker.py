@@ -68,6 +68,7 @@ class Worker:
         self.pipelines = pipelines
         self.on_batch = on_batch  # (images in batch, device seconds), for metrics
         self.busy_since: float | None = None
+        self._gave_way = False  # the running bulk batch stopped for interactive work
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
@@ -101,9 +102,12 @@ class Worker:
         batch = [t for t in batch if not self._settle_canceled(t)]
         if not batch:
             return
+        self._gave_way = False
         try:
             results = self._sample(batch)
         except Cancelled:
+            if self._gave_way:  # queued again; only tickets canceled meanwhile end here
+                batch = self.batcher.give_way(batch)
             for ticket in batch:
                 exc: Exception = DeadlineExceeded() if ticket.expired() else JobCanceled()
                 _fail(ticket, exc)
@@ -162,6 +166,9 @@ class Worker:
                 owners.append(index)
 
         def step_callback(step: int, total: int, latents: torch.Tensor) -> bool:
+            if self.batcher.should_yield(batch):
+                self._gave_way = True
+                return False
             now = time.monotonic()
             keep_going = False
             for index, ticket in enumerate(batch):
@@ -206,7 +213,7 @@ class Worker:
                     seed=ticket.request.seed,
                     # Each request pays its share of the batch's device time.
                     device_seconds=elapsed * len(mine) / len(prompts),
-                    batch_size=len(prompts),
+                    micro_batch_size=len(prompts),
                     ignored_words=output.ignored_words[mine[0]],
                 )
             )

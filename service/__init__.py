@@ -1,4 +1,5 @@
-"""What the service does, without HTTP: generation, jobs, bulk, webhooks.
+"""What the service does, without HTTP: the one generation path, jobs, bulk, webhooks, and
+their typed wiring.
 
-Raises domain errors, never HTTP ones; never imports web or Starlette.
+Raises domain errors (service.errors), never HTTP ones; never imports web or Starlette.
 """

@@ -1,7 +1,7 @@
 """The contract every artifact store backend implements."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -32,7 +32,9 @@ class ArtifactStore(Protocol):
     writes_to_disk: bool
     max_bytes: int
 
-    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
+    async def put(
+        self, data: bytes, content_type: str, ttl_seconds: float, tag: str = ""
+    ) -> tuple[str, Artifact]:
         """Store data for ttl_seconds; return the new capability token and the metadata."""
         ...
 
@@ -48,16 +50,18 @@ class ArtifactStore(Protocol):
         """Remove now; False when there was nothing to remove."""
         ...
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        """Remove everything expired at now; return the removed artifact ids."""
+    async def sweep(self, now: float | None = None) -> list[Swept]:
+        """Remove everything expired at now; return what was removed, with its expiry."""
         ...
 
-    async def sweep_expired(self, now: float | None = None) -> list[Swept]:
-        """Like sweep, with each removed artifact's expires_at (for the deletion-lag metric)."""
-        ...
-
-    async def shorten_all(self, max_ttl_seconds: float, now: float | None = None) -> int:
-        """Cap live lifetimes at now + max_ttl_seconds, never extending; return how many changed."""
+    async def shorten_all(
+        self,
+        max_ttl_seconds: float,
+        now: float | None = None,
+        by_tag: Mapping[str, float] | None = None,
+    ) -> int:
+        """Cap live lifetimes at now + max_ttl_seconds, or now + by_tag[tag] for an artifact
+        whose tag is listed; never extend one. Return how many changed."""
         ...
 
     async def stats(self) -> StoreStats: ...

@@ -9,6 +9,7 @@ when it surfaces.
 
 import dataclasses
 import heapq
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from store.artifact import Artifact
@@ -94,11 +95,14 @@ class Catalog(Generic[P]):
         self.swept_total += len(removed)
         return removed
 
-    def shorten_all(self, max_ttl_seconds: float, now: float) -> int:
-        """Cap lifetimes at now + max_ttl_seconds (O(n): an operator action, not a hot path)."""
-        cap = now + max_ttl_seconds
+    def shorten_all(
+        self, max_ttl_seconds: float, now: float, by_tag: Mapping[str, float] | None = None
+    ) -> int:
+        """Cap lifetimes at now + the tag's or the general limit (O(n): an operator action)."""
+        by_tag = by_tag or {}
         changed = 0
         for artifact_id, (artifact, payload) in self._entries.items():
+            cap = now + by_tag.get(artifact.tag, max_ttl_seconds)
             if artifact.expires_at > cap:
                 shortened = dataclasses.replace(artifact, expires_at=cap)
                 self._entries[artifact_id] = (shortened, payload)

@@ -10,6 +10,7 @@ runs in threads; the event loop never blocks on it.
 import asyncio
 import os
 import re
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -38,12 +39,14 @@ class DiskStore:
         # Start-up, before serving: blocking here is fine.
         prepare_directory(directory)
 
-    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
+    async def put(
+        self, data: bytes, content_type: str, ttl_seconds: float, tag: str = ""
+    ) -> tuple[str, Artifact]:
         now = self._clock()
         token = new_token()
-        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds)
+        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds, tag)
         if not self._catalog.fits(artifact.size):
-            await self.sweep_expired(now)  # expired artifacts make room; live ones never
+            await self.sweep(now)  # expired artifacts make room; live ones never
         self._catalog.reserve(artifact.size)
         key = sealing.new_key()
         path = self._path(artifact.id)
@@ -86,16 +89,19 @@ class DiskStore:
     async def delete(self, token: str) -> bool:
         return await self._remove(artifact_id(token))
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        return [swept.artifact_id for swept in await self.sweep_expired(now)]
-
-    async def sweep_expired(self, now: float | None = None) -> list[Swept]:
+    async def sweep(self, now: float | None = None) -> list[Swept]:
         removed = self._catalog.pop_expired(self._clock() if now is None else now)
         await self._drop([artifact for artifact, _ in removed], [key for _, key in removed])
         return [Swept(a.id, a.expires_at) for a, _ in removed]
 
-    async def shorten_all(self, max_ttl_seconds: float, now: float | None = None) -> int:
-        return self._catalog.shorten_all(max_ttl_seconds, self._clock() if now is None else now)
+    async def shorten_all(
+        self,
+        max_ttl_seconds: float,
+        now: float | None = None,
+        by_tag: Mapping[str, float] | None = None,
+    ) -> int:
+        now = self._clock() if now is None else now
+        return self._catalog.shorten_all(max_ttl_seconds, now, by_tag)
 
     async def stats(self) -> StoreStats:
         return self._catalog.stats()

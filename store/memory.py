@@ -1,5 +1,7 @@
 """The default backend: artifacts in this process's memory, nothing on disk."""
 
+from collections.abc import Mapping
+
 from store.artifact import Artifact, new_artifact
 from store.base import DEFAULT_CLOCK, Clock, StoreStats, Swept
 from store.catalog import Catalog
@@ -17,10 +19,12 @@ class MemoryStore:
         self._clock = clock
         self.max_bytes = max_bytes
 
-    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
+    async def put(
+        self, data: bytes, content_type: str, ttl_seconds: float, tag: str = ""
+    ) -> tuple[str, Artifact]:
         now = self._clock()
         token = new_token()
-        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds)
+        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds, tag)
         if not self._catalog.fits(artifact.size):
             self._catalog.pop_expired(now)  # expired artifacts make room; live ones never
         self._catalog.reserve(artifact.size)
@@ -37,15 +41,18 @@ class MemoryStore:
     async def delete(self, token: str) -> bool:
         return self._catalog.pop(artifact_id(token)) is not None
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        return [swept.artifact_id for swept in await self.sweep_expired(now)]
-
-    async def sweep_expired(self, now: float | None = None) -> list[Swept]:
+    async def sweep(self, now: float | None = None) -> list[Swept]:
         removed = self._catalog.pop_expired(self._clock() if now is None else now)
         return [Swept(a.id, a.expires_at) for a, _ in removed]
 
-    async def shorten_all(self, max_ttl_seconds: float, now: float | None = None) -> int:
-        return self._catalog.shorten_all(max_ttl_seconds, self._clock() if now is None else now)
+    async def shorten_all(
+        self,
+        max_ttl_seconds: float,
+        now: float | None = None,
+        by_tag: Mapping[str, float] | None = None,
+    ) -> int:
+        now = self._clock() if now is None else now
+        return self._catalog.shorten_all(max_ttl_seconds, now, by_tag)
 
     async def stats(self) -> StoreStats:
         return self._catalog.stats()

@@ -1,7 +1,7 @@
 """The shared backend of several replicas: artifacts in Redis, which expires them itself.
 
 Layout, under a key prefix (default "imagegen:"):
-  artifact:<id>  hash {data, type, created, expires, size}, with PEXPIRE set to
+  artifact:<id>  hash {data, type, created, expires, size, tag}, with PEXPIRE set to
                  the TTL (rounded up), so Redis drops it on time by itself;
   expiry         sorted set id -> expires_at, what a sweep walks;
   sizes          hash id -> size, so a sweep knows what to give back even after
@@ -21,6 +21,7 @@ sweep passes the evicted ids' expiry.
 """
 
 import math
+from collections.abc import Mapping
 from typing import cast
 
 from redis.exceptions import ResponseError
@@ -35,13 +36,13 @@ DEFAULT_PREFIX = "imagegen:"
 SWEEP_CHUNK = 500  # ids per script call: bounds how long one call holds Redis
 
 # KEYS: artifact, bytes, expiry, sizes
-# ARGV: id, data, type, created, expires, size, px, max_bytes
+# ARGV: id, data, type, created, expires, size, px, max_bytes, tag
 _PUT = """
 local size = tonumber(ARGV[6])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 if used + size > tonumber(ARGV[8]) then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'type', ARGV[3], 'created', ARGV[4],
-           'expires', ARGV[5], 'size', ARGV[6])
+           'expires', ARGV[5], 'size', ARGV[6], 'tag', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('INCRBY', KEYS[2], size)
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
@@ -80,24 +81,33 @@ if freed > 0 then redis.call('DECRBY', KEYS[1], freed) end
 return due
 """
 
-# KEYS: expiry   ARGV: artifact key prefix, cap (absolute), cap in ms from now
-# Lowers scores above the cap to the cap; never raises one.
+# KEYS: expiry   ARGV: artifact key prefix, lowest cap (absolute), general cap (absolute),
+# general cap in ms from now, then tag, cap, cap in ms for each tag with its own cap.
+# Lowers expiries above their cap to it; never raises one.
 _SHORTEN = """
-local over = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
-local cap_ms = tonumber(ARGV[3])
-for _, id in ipairs(over) do
-  redis.call('ZADD', KEYS[1], ARGV[2], id)
+local caps = {}
+for i = 5, #ARGV, 3 do caps[ARGV[i]] = {ARGV[i + 1], tonumber(ARGV[i + 2])} end
+local over = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'WITHSCORES')
+local changed = 0
+for i = 1, #over, 2 do
+  local id = over[i]
   local key = ARGV[1] .. id
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'expires', ARGV[2])
-    local left = redis.call('PTTL', key)
-    if left < 0 or left > cap_ms then redis.call('PEXPIRE', key, cap_ms) end
+  local tag = redis.call('HGET', key, 'tag')
+  local cap = caps[tag] or {ARGV[3], tonumber(ARGV[4])}
+  if tonumber(over[i + 1]) > tonumber(cap[1]) then
+    changed = changed + 1
+    redis.call('ZADD', KEYS[1], cap[1], id)
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, 'expires', cap[1])
+      local left = redis.call('PTTL', key)
+      if left < 0 or left > cap[2] then redis.call('PEXPIRE', key, cap[2]) end
+    end
   end
 end
-return #over
+return changed
 """
 
-_META_FIELDS = ("type", "created", "expires", "size")
+_META_FIELDS = ("type", "created", "expires", "size", "tag")
 
 
 class RedisStore:
@@ -128,12 +138,14 @@ class RedisStore:
         self._expired_total = 0
         self._swept_total = 0
 
-    async def put(self, data: bytes, content_type: str, ttl_seconds: float) -> tuple[str, Artifact]:
+    async def put(
+        self, data: bytes, content_type: str, ttl_seconds: float, tag: str = ""
+    ) -> tuple[str, Artifact]:
         now = self._clock()
         token = new_token()
-        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds)
+        artifact = new_artifact(artifact_id(token), content_type, len(data), now, ttl_seconds, tag)
         if not await self._try_put(artifact, data, ttl_seconds):
-            await self.sweep_expired(now)  # expired artifacts make room; live ones never
+            await self.sweep(now)  # expired artifacts make room; live ones never
             if not await self._try_put(artifact, data, ttl_seconds):
                 raise StoreFull(f"store is full ({self.max_bytes} bytes across all replicas)")
         return token, artifact
@@ -161,10 +173,7 @@ class RedisStore:
             removed = await self._delete(keys=self._keys_of(found), args=[found])
         return bool(removed)
 
-    async def sweep(self, now: float | None = None) -> list[str]:
-        return [swept.artifact_id for swept in await self.sweep_expired(now)]
-
-    async def sweep_expired(self, now: float | None = None) -> list[Swept]:
+    async def sweep(self, now: float | None = None) -> list[Swept]:
         at = repr(self._clock() if now is None else now)
         swept: list[Swept] = []
         with reachable():
@@ -181,13 +190,21 @@ class RedisStore:
         self._swept_total += len(swept)
         return swept
 
-    async def shorten_all(self, max_ttl_seconds: float, now: float | None = None) -> int:
-        cap = (self._clock() if now is None else now) + max_ttl_seconds
+    async def shorten_all(
+        self,
+        max_ttl_seconds: float,
+        now: float | None = None,
+        by_tag: Mapping[str, float] | None = None,
+    ) -> int:
+        now = self._clock() if now is None else now
+        by_tag = by_tag or {}
+        lowest = min([max_ttl_seconds, *by_tag.values()])
+        args: list[str | int] = [self._artifact_prefix, repr(now + lowest),
+                                 repr(now + max_ttl_seconds), _milliseconds(max_ttl_seconds)]
+        for tag, seconds in by_tag.items():
+            args += [tag, repr(now + seconds), _milliseconds(seconds)]
         with reachable():
-            changed = await self._shorten(
-                keys=[self._expiry_key],
-                args=[self._artifact_prefix, repr(cap), _milliseconds(max_ttl_seconds)],
-            )
+            changed = await self._shorten(keys=[self._expiry_key], args=args)
         return int(changed)
 
     async def stats(self) -> StoreStats:
@@ -225,6 +242,7 @@ class RedisStore:
             artifact.size,
             _milliseconds(ttl_seconds),
             self.max_bytes,
+            artifact.tag,
         ]
         with reachable():
             try:
@@ -236,10 +254,11 @@ class RedisStore:
 
     def _live(self, found: str, meta: list[bytes | None]) -> Artifact | None:
         """The artifact from its stored fields, or None when missing or expired by our clock."""
-        content_type, created, expires, size = meta
+        content_type, created, expires, size, tag = meta
         if content_type is None or created is None or expires is None or size is None:
             return None
-        artifact = Artifact(found, content_type.decode(), int(size), float(created), float(expires))
+        artifact = Artifact(found, content_type.decode(), int(size), float(created),
+                            float(expires), (tag or b"").decode())
         if artifact.is_expired(self._clock()):
             self._expired_total += 1
             return None

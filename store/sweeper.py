@@ -70,7 +70,7 @@ class Sweeper:
         """One sweep; returns how many artifacts it removed."""
         now = self.clock()
         try:
-            swept = await self.store.sweep_expired(now)
+            swept = await self.store.sweep(now)
         except StoreUnavailable:
             log.warning("sweep skipped: store unavailable")
             return 0

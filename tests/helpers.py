@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from service.settings import Settings
 from web.app import create_app
-from web.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 CANARY = "zebracanary7319"

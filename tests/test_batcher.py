@@ -1,4 +1,4 @@
-"""BatchState: the pure queue, driven without threads, an event loop or a clock."""
+"""QueueState: the pure queue, driven without threads, an event loop or a clock."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from imagegen.batcher import Batcher, BatchState, Lane, QueueFull, Ticket
+from imagegen.batcher import Batcher, Lane, QueueFull, QueueState, Ticket
 from imagegen.types import GenerationRequest, SamplingParams
-from web.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError
 
 SMALL = SamplingParams("shapes", 32, 32, 2, 3.0)
 LARGE = SamplingParams("shapes", 64, 64, 2, 3.0)
@@ -26,31 +26,31 @@ def ids(batch: list[Ticket]) -> list[str]:
 
 
 def test_a_lone_ticket_is_a_batch_of_one() -> None:
-    state = BatchState(capacity=4)
+    state = QueueState(capacity=4)
     state.append(ticket("a"))
-    assert ids(state.next_batch(lambda model: 8)) == ["a"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["a"]
     assert len(state) == 0
-    assert state.next_batch(lambda model: 8) == []
+    assert state.next_micro_batch(lambda model: 8) == []
 
 
 def test_compatible_tickets_join_one_batch_and_keep_their_own_seed_and_prompt() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     for name, seed in (("a", 1), ("b", 2), ("c", 3)):
         state.append(ticket(name, seed=seed))
-    batch = state.next_batch(lambda model: 8)
+    batch = state.next_micro_batch(lambda model: 8)
     assert ids(batch) == ["a", "b", "c"]
     assert [t.request.seed for t in batch] == [1, 2, 3]
     assert [t.request.prompt for t in batch] == ["prompt a", "prompt b", "prompt c"]
 
 
 def test_incompatible_tickets_wait_for_their_own_batch_in_order() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     state.append(ticket("a", SMALL))
     state.append(ticket("b", LARGE))
     state.append(ticket("c", SMALL))
     state.append(ticket("d", LARGE))
-    assert ids(state.next_batch(lambda model: 8)) == ["a", "c"]
-    assert ids(state.next_batch(lambda model: 8)) == ["b", "d"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["a", "c"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["b", "d"]
 
 
 @pytest.mark.parametrize("field", ["width", "num_inference_steps", "guidance_scale", "model"])
@@ -58,54 +58,54 @@ def test_any_differing_sampling_parameter_splits_batches(field: str) -> None:
     other = {"width": 64, "num_inference_steps": 3, "guidance_scale": 5.0, "model": "other"}
     changed = SamplingParams(**{**{f: getattr(SMALL, f) for f in SMALL.__slots__},
                                 field: other[field]})
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     state.append(ticket("a", SMALL))
     state.append(ticket("b", changed))
-    assert ids(state.next_batch(lambda model: 8)) == ["a"]
-    assert ids(state.next_batch(lambda model: 8)) == ["b"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["a"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["b"]
 
 
 def test_a_batch_holds_at_most_max_images_counting_each_requests_n() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     state.append(ticket("a", n=2))
     state.append(ticket("b", n=2))
     state.append(ticket("c", n=1))
     state.append(ticket("d", n=1))
     # a(2) + b(2) fill 4 of 5; c(1) fits; d no longer does.
-    assert ids(state.next_batch(lambda model: 5)) == ["a", "b", "c"]
-    assert ids(state.next_batch(lambda model: 5)) == ["d"]
+    assert ids(state.next_micro_batch(lambda model: 5)) == ["a", "b", "c"]
+    assert ids(state.next_micro_batch(lambda model: 5)) == ["d"]
 
 
 def test_a_smaller_request_behind_one_that_does_not_fit_still_joins() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     state.append(ticket("a", n=3))
     state.append(ticket("b", n=3))
     state.append(ticket("c", n=1))
-    assert ids(state.next_batch(lambda model: 4)) == ["a", "c"]
-    assert ids(state.next_batch(lambda model: 4)) == ["b"]
+    assert ids(state.next_micro_batch(lambda model: 4)) == ["a", "c"]
+    assert ids(state.next_micro_batch(lambda model: 4)) == ["b"]
 
 
 def test_the_limit_is_asked_per_model() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     other = SamplingParams("other", 32, 32, 2, 3.0)
     for name in "abc":
         state.append(ticket(name, other))
     limits = {"shapes": 8, "other": 2}
-    assert ids(state.next_batch(limits.__getitem__)) == ["a", "b"]
+    assert ids(state.next_micro_batch(limits.__getitem__)) == ["a", "b"]
 
 
 def test_interactive_goes_before_bulk_and_they_never_share_a_batch() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     state.append(ticket("bulk1", lane=Lane.BULK))
     state.append(ticket("live1"))
     state.append(ticket("bulk2", lane=Lane.BULK))
     state.append(ticket("live2"))
-    assert ids(state.next_batch(lambda model: 8)) == ["live1", "live2"]
-    assert ids(state.next_batch(lambda model: 8)) == ["bulk1", "bulk2"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["live1", "live2"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["bulk1", "bulk2"]
 
 
 def test_each_lane_is_bounded_on_its_own() -> None:
-    state = BatchState(capacity=2)
+    state = QueueState(capacity=2)
     state.append(ticket("a"))
     state.append(ticket("b"))
     with pytest.raises(QueueFull):
@@ -117,7 +117,7 @@ def test_each_lane_is_bounded_on_its_own() -> None:
 
 
 def test_positions_count_interactive_first_and_removal_closes_the_gap() -> None:
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     assert state.append(ticket("bulk", lane=Lane.BULK)) == 1
     assert state.append(ticket("a")) == 1
     assert state.append(ticket("b")) == 2
@@ -131,23 +131,23 @@ def test_positions_count_interactive_first_and_removal_closes_the_gap() -> None:
 
 
 def test_a_full_queue_has_room_again_once_a_batch_is_taken() -> None:
-    state = BatchState(capacity=2)
+    state = QueueState(capacity=2)
     state.append(ticket("a"))
     state.append(ticket("b"))
-    state.next_batch(lambda model: 8)
+    state.next_micro_batch(lambda model: 8)
     state.append(ticket("c"))
-    assert ids(state.next_batch(lambda model: 8)) == ["c"]
+    assert ids(state.next_micro_batch(lambda model: 8)) == ["c"]
 
 
-def test_next_batch_is_full_when_no_more_images_fit() -> None:
-    state = BatchState(capacity=8)
-    assert not state.next_batch_is_full(lambda model: 3)
+def test_next_micro_batch_is_full_when_no_more_images_fit() -> None:
+    state = QueueState(capacity=8)
+    assert not state.next_micro_batch_is_full(lambda model: 3)
     state.append(ticket("a", n=2))
-    assert not state.next_batch_is_full(lambda model: 3)
+    assert not state.next_micro_batch_is_full(lambda model: 3)
     state.append(ticket("b", LARGE))  # incompatible: does not fill a's batch
-    assert not state.next_batch_is_full(lambda model: 3)
+    assert not state.next_micro_batch_is_full(lambda model: 3)
     state.append(ticket("c", n=1))
-    assert state.next_batch_is_full(lambda model: 3)
+    assert state.next_micro_batch_is_full(lambda model: 3)
     assert len(state) == 3  # asking takes nothing
 
 

@@ -23,12 +23,12 @@ import pytest
 from PIL import Image
 
 from imagegen.pipelines.base import Cancelled, PipelineOutput, TextToImagePipeline
+from service.settings import Settings, SettingsError
 from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, free_port, make_settings, running_app
 from web.bulk_files import default_batch_dir, prepare_batch_dir
 from web.bulk_runner import BulkRunner
 from web.bulk_state import Batch
 from web.request_log import JsonLineFormatter
-from web.settings import Settings, SettingsError
 
 TINY = {"width": 32, "height": 32, "num_inference_steps": 2}
 PROMPTS = ("a red circle", "a blue square", "a green triangle")

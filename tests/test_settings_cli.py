@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from imagegen.registry import EMBEDDED_MODEL_DIR, ModelConfigError, load_specs
+from service.settings import Settings, SettingsError
 from tests.helpers import make_settings, running_app
-from web.settings import Settings, SettingsError
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,8 +24,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.settings import Settings, SettingsError
 from store import sealing
-from web.settings import Settings, SettingsError
 
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.container import Services
+from service.errors import InvalidInput
+from service.generation import GenerationInput, check_prompt
 from web import strict_json
 from web.errors import ApiError
-from web.generate import check_prompt
-from web.generation_params import GenerationInput, find_model, parse_native
+from web.generation_params import find_model, parse_native
 from web.request_models import BatchLine, BatchLineBody, field_names, validate
-from web.services import Services
 
 MAX_BATCH_LINES = 1000
 # Bad lines named in one error message; the count covers the rest.
@@ -52,7 +53,7 @@ def validate_body(services: Services, body: BatchLineBody) -> GenerationInput:
         spec = find_model(services.engine.specs, body.model, services.default_model)
         gen = parse_native(spec, body)
         check_prompt(services, gen)
-    except ApiError as exc:
+    except (ApiError, InvalidInput) as exc:
         raise LineError(f"body.{exc.param}" if exc.param else "body", exc.message) from None
     return gen
 

@@ -19,35 +19,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imagegen.batcher import Lane, QueueFull, Ticket
+from imagegen.batcher import Lane, QueueFull
 from imagegen.types import GenerationRequest, GenerationResult
-from imagegen.worker import DeadlineExceeded, JobCanceled
+from service.container import Services
+from service.errors import BatchExpired, failure_of
+from service.generation import (
+    GenerationInput,
+    QueueWatch,
+    deliver,
+    submit,
+    to_request,
+    wait_on_device,
+)
 from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir, remove_batch_dir
 from web.bulk_parse import LineError, validate_body
 from web.bulk_state import Batch, BatchStatus, new_batch_id
-from web.errors import ApiError, api_error_for
-from web.generate import DEADLINE_GRACE_SECONDS, store_images, to_request
-from web.generation_params import GenerationInput
+from web.errors import ApiError
 from web.request_log import new_request_id
 from web.request_models import BatchLine
-from web.services import Services
 
 log = logging.getLogger("imagegen.bulk")
 
 # Batches queued or running at once; each holds a file on disk until it has run.
 MAX_OPEN_BATCHES = 16
 QUEUE_FULL_RETRY_SECONDS = 0.5
-# How often a bulk line on the device looks for requests queued behind it. Each look
-# wakes the event loop, which costs the device thread the GIL: 5 ms slowed a CPU
-# pipeline by 40%, 20 ms by under 10%.
-YIELD_POLL_SECONDS = 0.02
-# A line yields at most this often, then runs to the end: every line makes progress.
-MAX_YIELDS_PER_LINE = 8
 UNREADABLE_INPUT = ("input_unreadable", "The encrypted input line failed authentication "
                     "(it was changed or moved on disk), so it was not run.")
 UNREADABLE_OUTPUT = ("output_unreadable", "The encrypted result line failed authentication "
                      "(it was changed or moved on disk).")
-EXPIRED = ("batch_expired", "The batch's retention ended before this line was stored.")
 INTERNAL = ("internal_error", "The line failed on an internal error.")
 
 LineOutcome = tuple[dict[str, Any], bool]  # (output record, succeeded)
@@ -200,14 +199,12 @@ class BulkRunner:
             response = await self._generate(batch, gen)
         except LineError as exc:
             return _failure(line, custom_id, ("invalid_line", exc.reason)), False
-        except ApiError as exc:
-            return _failure(line, custom_id, (exc.code or "error", exc.message)), False
         except Exception as exc:
-            error = api_error_for(exc)
-            if error is None:
+            failure = failure_of(exc)
+            if failure is None:
                 log.error("batch line failed", extra={"error_type": type(exc).__name__})
                 return _failure(line, custom_id, INTERNAL), False
-            return _failure(line, custom_id, (error.code or "error", error.message)), False
+            return _failure(line, custom_id, (failure.code, failure.message)), False
         return {"line": line, "custom_id": custom_id, "response": response, "error": None}, True
 
     async def _generate(self, batch: Batch, gen: GenerationInput) -> dict[str, Any]:
@@ -218,70 +215,25 @@ class BulkRunner:
         if gen.ttl_seconds is not None:
             ttl = min(ttl, gen.ttl_seconds)
         if ttl <= 0:
-            raise ApiError(410, EXPIRED[1], code=EXPIRED[0])
-        images = await store_images(services, result, gen, ttl, batch.base_url)
-        services.metrics.images_generated(gen.model, len(images))
+            raise BatchExpired()
+        generated = await deliver(services, gen, result, ttl, batch.base_url, 0.0)
         return {
-            "images": [image.url for image in images],
-            "seed": result.seed,
-            "expires_at": min(image.expires_at or 0.0 for image in images),
-            "ignored_words": result.ignored_words,
-            "device_seconds": round(result.device_seconds, 4),
+            "images": [image.url for image in generated.images],
+            "seed": generated.seed,
+            "expires_at": generated.expires_at,
+            "ignored_words": generated.ignored_words,
+            "device_seconds": generated.usage.device_seconds,
         }
 
     async def _on_device(self, request: GenerationRequest) -> GenerationResult:
-        """Run one line, yielding the device to requests that queue behind it.
-
-        Only time on the device is limited (the request timeout): a bulk line
-        waits in the queue as long as interactive work keeps the device busy.
-        """
-        yields = 0
-        while True:
-            ticket = await self._submit(request)
-            result = await self._watch(ticket, may_yield=yields < MAX_YIELDS_PER_LINE)
-            if result is not None:
-                return result
-            yields += 1
-
-    async def _watch(self, ticket: Ticket, may_yield: bool) -> GenerationResult | None:
-        """The line's result, or None when it yielded the device (to be queued again)."""
-        engine, limit = self.services.engine, self.services.settings.request_timeout
-        future = asyncio.wrap_future(ticket.future)
-        on_device_since: float | None = None
-        stopped_for: str | None = None  # "yield" | "deadline"
-        try:
-            while not future.done():
-                await asyncio.wait({future}, timeout=YIELD_POLL_SECONDS)
-                if future.done() or not ticket.started:
-                    continue
-                now = time.monotonic()
-                if on_device_since is None:
-                    on_device_since = now
-                if now - on_device_since > limit + min(DEADLINE_GRACE_SECONDS, limit):
-                    raise DeadlineExceeded()  # stuck inside one step: give up on it
-                if stopped_for is None and now - on_device_since > limit:
-                    stopped_for = "deadline"
-                # This runner has one ticket out, so anything queued is someone else waiting.
-                elif stopped_for is None and may_yield and engine.queue_depth() > 0:
-                    stopped_for = "yield"
-                else:
-                    continue
-                engine.cancel(ticket)  # it stops at its next step
-        except BaseException:
-            engine.cancel(ticket)
-            raise
-        if stopped_for is not None and isinstance(future.exception(), JobCanceled):
-            if stopped_for == "yield":
-                return None
-            raise DeadlineExceeded()
-        return future.result()
-
-    async def _submit(self, request: GenerationRequest) -> Ticket:
-        # No deadline on the ticket: _watch limits time on the device, not time queued.
+        """Run one line in the bulk lane: it gives way to interactive work on its device."""
+        watch = QueueWatch()
         while True:
             with contextlib.suppress(QueueFull):
-                return self.services.engine.submit(request, Lane.BULK)
+                ticket = submit(self.services, request, Lane.BULK, on_queue=watch)
+                break
             await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
+        return await wait_on_device(self.services, ticket, watch)
 
 
 def _failure(line: int, custom_id: str | None, error: tuple[str, str]) -> dict[str, Any]:

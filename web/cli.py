@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from web.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.generation import generate
 from web.body import read_body, require_media_type
 from web.errors import bad_request
-from web.generate import generate
 from web.generation_params import find_model, parse_openai
 from web.image_inputs import load_inputs
 from web.multipart import Limits, fields_and_files, parse_multipart

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imagegen.batcher import QueueFull
-from imagegen.worker import DeadlineExceeded, DeviceOutOfMemory, JobCanceled, PipelineFailed
-from store import StoreFull, StoreUnavailable
+from service import errors as domain
 
 RETRY_AFTER_SECONDS = 2
 
@@ -43,32 +44,46 @@ def bad_request(message: str, param: str, status: int = 400) -> ApiError:
     return ApiError(status, message, param=param, code="invalid_value")
 
 
-# Each domain error, and what a client should be told about it (nothing of its content).
-DOMAIN_ERRORS: dict[type[Exception], ApiError] = {
-    QueueFull: ApiError(429, "The queue is full; retry after a moment.", code="queue_full",
-                        error_type="rate_limit_error",
-                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)}),
-    StoreFull: ApiError(503, "The image store is full; retry later or ask for b64_json.",
-                        code="store_full", error_type="server_error",
-                        headers={"Retry-After": "30"}),
-    StoreUnavailable: ApiError(503, "The image store is unavailable; retry later.",
-                               code="store_unavailable", error_type="server_error",
-                               headers={"Retry-After": "5"}),
-    DeviceOutOfMemory: ApiError(503, "The device ran out of memory; retry with fewer or "
-                                "smaller images.", code="out_of_memory",
-                                error_type="server_error", headers={"Retry-After": "5"}),
-    DeadlineExceeded: ApiError(504, "Generation took longer than the request deadline.",
-                               code="timeout", error_type="server_error"),
-    JobCanceled: ApiError(409, "The request was canceled.", code="canceled"),
-    PipelineFailed: ApiError(500, "The model failed on this request.", code="pipeline_failed",
-                             error_type="server_error"),
+@dataclass(frozen=True, slots=True)
+class Status:
+    """How one kind of domain error is answered over HTTP (its code and message are its own)."""
+
+    status: int
+    error_type: str = "invalid_request_error"
+    retry_after: int | None = None  # seconds, when the error itself names none
+
+
+# The one table: each domain error's HTTP status. First match wins, so subclasses go first.
+DOMAIN_ERRORS: dict[type[Exception], Status] = {
+    domain.InvalidInput: Status(400),
+    domain.JobNotFound: Status(404),
+    domain.BatchNotFound: Status(404),
+    domain.JobEnded: Status(409),
+    domain.BatchEnded: Status(409),
+    domain.IdempotencyConflict: Status(409),
+    domain.JobCanceled: Status(409),
+    domain.BatchExpired: Status(410),
+    domain.QueueFull: Status(429, "rate_limit_error", RETRY_AFTER_SECONDS),
+    domain.TooManyBatches: Status(429, "rate_limit_error"),
+    domain.StoreFull: Status(503, "server_error", 30),
+    domain.StoreUnavailable: Status(503, "server_error", 5),
+    domain.BatchStorageUnavailable: Status(503, "server_error"),
+    domain.DeviceOutOfMemory: Status(503, "server_error", 5),
+    domain.DeadlineExceeded: Status(504, "server_error"),
+    domain.PipelineFailed: Status(500, "server_error"),
 }
 
 
 def api_error_for(exc: Exception) -> ApiError | None:
-    for kind, error in DOMAIN_ERRORS.items():
+    failure = domain.failure_of(exc)
+    if failure is None:
+        return None
+    for kind, shape in DOMAIN_ERRORS.items():
         if isinstance(exc, kind):
-            return error
+            retry_after = getattr(exc, "retry_after", None) or shape.retry_after
+            headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+            return ApiError(shape.status, failure.message, param=failure.param,
+                            code=failure.code, error_type=shape.error_type, headers=headers)
     return None
 
 

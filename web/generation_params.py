@@ -8,10 +8,10 @@ Every error names its field.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from imagegen.registry import ModelSpec
+from service.generation import GenerationInput
 from web.errors import ApiError, bad_request
 from web.request_models import (
     MAX_SEED,
@@ -21,25 +21,6 @@ from web.request_models import (
 )
 
 DEFAULT_STRENGTH = 0.8
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationInput:
-    """A generation request that passed validation (content still in memory only)."""
-
-    model: str
-    prompt: str
-    negative_prompt: str | None
-    n: int
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int
-    ttl_seconds: int | None
-    output_format: str
-    response_format: str  # "url" | "b64_json" | "data_url"
-    strength: float = DEFAULT_STRENGTH
 
 
 def check_limit(value: int, limit: int, name: str, what: str) -> None:

@@ -14,11 +14,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagegen.encode import CONTENT_TYPES
+from service.container import Services
 from store.artifact import Artifact
 from web.errors import ApiError
 from web.request_log import log_at_debug, new_request_id, request_done
 from web.routing import services_of
-from web.services import Services
 
 IMAGE_ROUTE = "/i/{token}.{ext}"
 # IMAGE_ROUTE as Starlette's router matches it (each parameter: one or more of [^/]).

@@ -30,23 +30,24 @@ from starlette.routing import Route
 from imagegen.batcher import Ticket
 from imagegen.types import Progress
 from imagegen.worker import JobCanceled
-from web.body import read_model
-from web.errors import ApiError, api_error_for, bad_request
-from web.generate import (
-    check_prompt,
-    resolve_ttl,
-    store_images,
+from service.container import Services
+from service.errors import failure_of
+from service.generation import (
+    GenerationInput,
+    admit,
+    deliver,
     submit,
     to_request,
     wait_for_result,
 )
-from web.generation_params import GenerationInput, find_model, parse_native
+from web.body import read_model
+from web.errors import ApiError, bad_request
+from web.generation_params import find_model, parse_native
 from web.image_inputs import ImageInputs, native_inputs
 from web.job_state import TERMINAL_EVENTS, JobEvent, JobRecord
 from web.request_log import log_fields, request_id_of
 from web.request_models import JobRequest
 from web.routing import public_base_url, services_of
-from web.services import Services
 
 log = logging.getLogger("imagegen.jobs")
 
@@ -140,7 +141,7 @@ class JobRegistry:
         self.jobs[record.id] = job
         if key is not None:
             self.idempotency[key[0]] = (record.id, key[1])
-        position = self.services.engine.position(job.ticket)
+        position = job.ticket.position
         self.publish(job, record.queued(position) if position is not None else record.started())
         # The job's own copy of the input keeps no prompt; only the worker's request does
         # (with any init image and mask), and the job lets go of it when it ends.
@@ -217,18 +218,18 @@ class JobRegistry:
         services = self.services
         try:
             result = await wait_for_result(services, job.ticket)
-            images = await store_images(services, result, gen, ttl, base_url)
+            generated = await deliver(services, gen, result, ttl, base_url, 0.0)
         except JobCanceled:
             self._end(job, job.record.canceled(services.clock()))
         except Exception as exc:
-            error = api_error_for(exc)
+            failure = failure_of(exc)
             log.warning("job failed", extra={"error_type": type(exc).__name__})
-            code, message = (("internal_error", "The job failed.") if error is None
-                             else (error.code or "error", error.message))
+            code, message = (("internal_error", "The job failed.") if failure is None
+                             else (failure.code, failure.message))
             self._end(job, job.record.failed(code, message, services.clock()))
         else:
-            services.metrics.images_generated(gen.model, len(images))
-            shown = [{"url": image.url, "expires_at": image.expires_at} for image in images]
+            shown = [{"url": image.url, "expires_at": image.expires_at}
+                     for image in generated.images]
             self._end(job, job.record.succeeded(shown, result.seed, result.device_seconds,
                                                 services.clock()))
 
@@ -255,7 +256,7 @@ class JobRegistry:
         if ticket.started:
             self.publish(job, job.record.started())
             return
-        position = self.services.engine.position(ticket)
+        position = ticket.position
         if position is not None:
             self.publish(job, job.record.queued(position))
 
@@ -330,9 +331,8 @@ async def create_job(request: Request) -> JSONResponse:
     log_fields(request, model=gen.model, n=gen.n, width=gen.width, height=gen.height,
                steps=gen.steps, guidance=gen.guidance, seed=gen.seed,
                output_format=gen.output_format)
-    check_prompt(services, gen)
+    ttl = await admit(services, gen)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
-    ttl = await resolve_ttl(services, gen)
     assert ttl is not None  # jobs always store their images
     # Checked again after the await: a twin request may have created the job meanwhile.
     if key_hash is not None and (earlier := registry.replay(key_hash, digest)) is not None:

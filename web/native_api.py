@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.generation import generate
 from web.body import read_model
-from web.generate import generate
 from web.generation_params import find_model, parse_native
 from web.image_inputs import native_inputs
-from web.openai_api import log_generation, usage
+from web.openai_api import log_generation
 from web.request_log import request_id_of
 from web.request_models import InferenceRequest
 from web.routing import public_base_url, services_of
@@ -35,16 +35,15 @@ async def infer(request: Request) -> JSONResponse:
         else f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
         for image in generated.images
     ]
-    expiries = [image.expires_at for image in generated.images if image.expires_at is not None]
     runtime_ms = round((time.perf_counter() - started) * 1000)
     return JSONResponse({
         "images": images,
         "seed": generated.seed,
         "request_id": generated.request_id,
-        "expires_at": min(expiries) if expiries else None,
+        "expires_at": generated.expires_at,
         "ignored_words": generated.ignored_words,
         "inference_status": {"status": "succeeded", "runtime_ms": runtime_ms,
-                             "cost": usage(generated)["cost"]},
+                             "cost": generated.usage.cost},
     })
 
 

@@ -9,9 +9,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from imagegen.registry import ModelSpec
+from service.generation import Generated, GenerationInput, generate, input_log_fields
 from web.body import read_model
-from web.generate import Generated, generate
-from web.generation_params import GenerationInput, find_model, parse_openai
+from web.generation_params import find_model, parse_openai
 from web.request_log import log_fields, request_id_of
 from web.request_models import ImageGenerationRequest
 from web.routing import public_base_url, services_of
@@ -20,20 +20,9 @@ DEFAULT_MODEL_CREATED = 1_700_000_000
 
 
 def log_generation(request: Request, gen: GenerationInput, generated: Generated | None) -> None:
-    log_fields(request, model=gen.model, n=gen.n, width=gen.width, height=gen.height,
-               steps=gen.steps, guidance=gen.guidance, seed=gen.seed,
-               response_format=gen.response_format, output_format=gen.output_format)
+    log_fields(request, **input_log_fields(gen))
     if generated is not None:
-        log_fields(request, device_seconds=round(generated.device_seconds, 4),
-                   cost=round(generated.device_seconds, 4),
-                   queue_seconds=round(generated.queue_seconds, 4),
-                   batch_size=generated.batch_size, ignored_words=generated.ignored_words)
-
-
-def usage(generated: Generated) -> dict[str, float]:
-    # Cost is billed in device seconds: the resource the service actually spends.
-    seconds = round(generated.device_seconds, 4)
-    return {"device_seconds": seconds, "cost": seconds}
+        log_fields(request, **generated.log_fields())
 
 
 async def create_image(request: Request) -> JSONResponse:
@@ -60,7 +49,7 @@ def images_response(generated: Generated) -> dict[str, object]:
         "request_id": generated.request_id,
         "seed": generated.seed,
         "ignored_words": generated.ignored_words,
-        "usage": usage(generated),
+        "usage": generated.usage.to_dict(),
     }
 
 

@@ -6,9 +6,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.container import Services
 from web.request_log import ALLOWED_FIELDS
 from web.routing import services_of
-from web.services import Services
 
 # A batch running longer than this makes the worker count as stuck.
 STUCK_AFTER_FACTOR = 1.5

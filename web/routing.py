@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from web.services import Services
+from service.container import Services
 
 
 def services_of(request: Request) -> Services:

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 from PIL import Image
 
-from imagegen.batcher import BatchState, Ticket
+from imagegen.batcher import QueueState, Ticket
 from imagegen.types import GenerationRequest, SamplingParams
 from tests.helpers import live_server
 from tests.privacy.support import encode
@@ -118,11 +118,11 @@ def test_image_to_image_batches_only_with_the_same_strength() -> None:
         return Ticket(GenerationRequest(name, params, PROMPT, None, 1, 0, init_image=image,
                                         strength=strength))
 
-    state = BatchState(capacity=8)
+    state = QueueState(capacity=8)
     for queued in (ticket("text", None), ticket("edit-a", init), ticket("edit-b", init, 0.5),
                    ticket("edit-c", init), ticket("text-2", None, 0.5)):
         state.append(queued)
-    batches = [[t.id for t in state.next_batch(lambda model: 8)] for _ in range(3)]
+    batches = [[t.id for t in state.next_micro_batch(lambda model: 8)] for _ in range(3)]
     assert batches == [["text", "text-2"], ["edit-a", "edit-c"], ["edit-b"]]
 
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from store import StoreFull, artifact_id
+from store import StoreFull, Swept, artifact_id
 from tests.store.conftest import FakeClock, MakeStore
 
 PNG = "image/png"
@@ -57,16 +57,20 @@ async def test_expired_is_never_served_even_before_a_sweep(
     assert (await store.stats()).expired_total == 2
 
 
+def ids(swept: list[Swept]) -> list[str]:
+    return [item.artifact_id for item in swept]
+
+
 async def test_sweep_removes_exactly_the_expired(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
     short_token, short = await store.put(b"short", PNG, 10)
     _, shorter = await store.put(b"shorter", PNG, 5)
     long_token, long = await store.put(b"long", PNG, 100)
 
-    assert await store.sweep() == []
+    assert ids(await store.sweep()) == []
     clock.tick(10)
-    assert sorted(await store.sweep()) == sorted([short.id, shorter.id])
-    assert await store.sweep() == []
+    assert sorted(ids(await store.sweep())) == sorted([short.id, shorter.id])
+    assert ids(await store.sweep()) == []
     assert await store.get(short_token) is None
     assert await store.get(long_token) == (long, b"long")
     stats = await store.stats()
@@ -77,15 +81,15 @@ async def test_sweep_takes_an_explicit_now(make_store: MakeStore, clock: FakeClo
     store = make_store()
     _, artifact = await store.put(b"x", PNG, 10)
 
-    assert await store.sweep(clock.now + 9) == []
-    assert await store.sweep(clock.now + 10) == [artifact.id]
+    assert ids(await store.sweep(clock.now + 9)) == []
+    assert ids(await store.sweep(clock.now + 10)) == [artifact.id]
 
 
 async def test_sweep_reports_each_expiry(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
     _, artifact = await store.put(b"x", PNG, 10)
 
-    swept = await store.sweep_expired(clock.now + 12)
+    swept = await store.sweep(clock.now + 12)
     assert [(s.artifact_id, s.expires_at) for s in swept] == [(artifact.id, artifact.expires_at)]
 
 
@@ -97,7 +101,7 @@ async def test_delete_removes_at_once(make_store: MakeStore, clock: FakeClock) -
     assert await store.get(token) is None
     assert await store.delete(token) is False
     clock.tick(10)
-    assert await store.sweep() == []
+    assert ids(await store.sweep()) == []
     assert (await store.stats()).count == 0
 
 
@@ -162,6 +166,21 @@ async def test_shorten_all_caps_and_never_extends(make_store: MakeStore, clock: 
     assert long.expires_at == clock.now + 100  # the artifact handed out is not mutated
 
 
+async def test_shorten_all_caps_each_tag_by_its_own_limit(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    fast_token, _ = await store.put(b"fast", PNG, 100, tag="fast")
+    other_token, _ = await store.put(b"other", PNG, 100, tag="other")
+    untagged_token, _ = await store.put(b"untagged", PNG, 100)
+
+    assert await store.shorten_all(80, by_tag={"fast": 30, "slow": 500}) == 3
+    heads = [await store.head(t) for t in (fast_token, other_token, untagged_token)]
+    assert [h.expires_at - clock.now for h in heads if h] == [30, 80, 80]
+    assert [h.tag for h in heads if h] == ["fast", "other", ""]
+    assert await store.shorten_all(1000, by_tag={"fast": 10}) == 1
+
+
 async def test_shortened_artifact_expires_and_is_swept_once(
     make_store: MakeStore, clock: FakeClock
 ) -> None:
@@ -171,9 +190,9 @@ async def test_shortened_artifact_expires_and_is_swept_once(
 
     clock.tick(25)
     assert await store.get(token) is None
-    assert await store.sweep() == [artifact.id]
+    assert ids(await store.sweep()) == [artifact.id]
     clock.tick(100)
-    assert await store.sweep() == []
+    assert ids(await store.sweep()) == []
 
 
 async def test_a_ttl_change_never_revives(make_store: MakeStore, clock: FakeClock) -> None:
@@ -183,7 +202,7 @@ async def test_a_ttl_change_never_revives(make_store: MakeStore, clock: FakeCloc
 
     assert await store.shorten_all(10_000) == 0
     assert await store.get(token) is None
-    assert await store.sweep() == [artifact.id]
+    assert ids(await store.sweep()) == [artifact.id]
 
 
 @pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf")])

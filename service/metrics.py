@@ -41,7 +41,7 @@ class Metrics:
                                       "Time from expiry to physical removal",
                                       buckets=LAG_BUCKETS, registry=r)
 
-    def batch_done(self, images: int, device_seconds: float) -> None:
+    def micro_batch_done(self, images: int, device_seconds: float) -> None:
         """Called from a worker thread; prometheus_client is thread-safe."""
         self.batch_size.observe(images)
         self.device_seconds.observe(device_seconds)

@@ -1,0 +1,88 @@
+"""Every long-lived component of one service instance, typed, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from imagegen.encode import Encoder
+from imagegen.engine import Engine
+from imagegen.pipelines.base import TextToImagePipeline
+from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
+from service.metrics import Metrics
+from service.settings import Settings
+from store import ArtifactStore, Clock, create_retention_holder, create_store
+from store.retention import RetentionHolder, RetentionPolicy
+from store.sweeper import Sweeper
+
+# Wraps each loaded pipeline; tests use it to inject faults a CPU cannot produce.
+PipelineWrapper = Callable[[str, TextToImagePipeline], TextToImagePipeline]
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    retention: RetentionHolder
+    sweeper: Sweeper
+    encoder: Encoder
+    metrics: Metrics
+    clock: Clock
+    default_model: str
+    draining: bool = False
+    # Long-lived per-app state of other surfaces (jobs, batches) hangs here.
+    extras: dict[str, object] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Start in dependency order: the policy, the devices, then what sweeps."""
+        await self.retention.start()
+        self.engine.start()
+        self.sweeper.start()
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, let what is queued and running finish, then let go."""
+        self.draining = True
+        await asyncio.to_thread(self.engine.stop)
+        self.sweeper.shutdown()
+        await self.retention.stop()
+        await self.store.close()
+        self.encoder.shutdown()
+
+
+def initial_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        default_ttl_seconds=float(settings.ttl),
+        max_ttl_seconds=float(settings.max_ttl),
+        models={},
+        batch_retention_seconds=float(settings.batch_retention),
+    )
+
+
+def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None) -> Engine:
+    """Load every model (blocking: start-up only)."""
+    specs = load_specs(settings.models)
+    pipelines: Mapping[str, TextToImagePipeline] = {
+        name: load_pipeline(spec) for name, spec in specs.items()}
+    if wrap is not None:
+        pipelines = {name: wrap(name, pipeline) for name, pipeline in pipelines.items()}
+    return Engine(specs, pipelines, settings.queue_size, on_micro_batch=metrics.micro_batch_done,
+                  micro_batch_wait=settings.batch_wait)
+
+
+async def open_services(settings: Settings, clock: Clock,
+                        wrap_pipeline: PipelineWrapper | None = None) -> Services:
+    """Build every component (models load in a thread); nothing runs until start()."""
+    metrics = Metrics()
+    engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline)
+    store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
+                         directory=settings.store_dir, redis_url=settings.redis_url)
+    # Replicas sharing a Redis store share the policy too: a change on one applies on all.
+    shared_url = settings.redis_url if settings.store == "redis" else None
+    retention = create_retention_holder(initial_policy(settings), redis_url=shared_url)
+    sweeper = Sweeper(store, settings.sweep_interval, clock)
+    sweeper.lag_observer = metrics.deletion_lag.observe
+    return Services(settings=settings, engine=engine, store=store, retention=retention,
+                    sweeper=sweeper, encoder=Encoder(), metrics=metrics, clock=clock,
+                    default_model=EMBEDDED_MODEL_NAME)
