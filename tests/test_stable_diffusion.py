@@ -80,6 +80,28 @@ def test_image_to_image_and_inpainting_share_the_loaded_components(
     assert pipeline.image2image.vae is pipeline.text2image.vae
 
 
+def test_inpainting_keeps_what_the_mask_keeps_unlike_image_to_image(
+        pipeline: StableDiffusionFamily) -> None:
+    """The mask matters: outside it the init image is put back at every step, so with nothing
+    to repaint the prompt changes nothing, while image-to-image follows the prompt."""
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), np.uint8))
+    keep_all = Image.new("L", (SIZE, SIZE), 0)
+    repaint_all = Image.new("L", (SIZE, SIZE), 255)
+
+    def edit(prompt: str, mask: Image.Image | None) -> np.ndarray:
+        masks = None if mask is None else [mask]
+        (image,) = draw(pipeline, [prompt], [1], init_images=[init], mask_images=masks,
+                        strength=0.6)
+        return pixels(image)
+
+    kept = [edit(prompt, keep_all) for prompt in ("a cat", "a red dog on a bicycle")]
+    repainted = [edit(prompt, repaint_all) for prompt in ("a cat", "a red dog on a bicycle")]
+    varied = [edit(prompt, None) for prompt in ("a cat", "a red dog on a bicycle")]
+    np.testing.assert_array_equal(kept[0], kept[1])
+    assert not np.array_equal(repainted[0], repainted[1])
+    assert not np.array_equal(varied[0], varied[1])
+
+
 def test_words_past_the_token_limit_are_counted(pipeline: StableDiffusionFamily) -> None:
     assert pipeline.check_prompt("a cat") == 0
     assert pipeline.check_prompt("word " * 100) > 0
