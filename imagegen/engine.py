@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
+from imagegen.families import check_offered
 from imagegen.pipelines.base import TextToImagePipeline
 from imagegen.registry import ModelSpec
 from imagegen.types import GenerationRequest, Progress, QueueEvent
@@ -71,10 +72,13 @@ class Engine:
         timeout_seconds: float | None = None,
         on_queue: Callable[[QueueEvent], None] | None = None,
     ) -> Ticket:
-        """Queue a request. Raises QueueFull when its device's queue is full.
+        """Queue a request. Raises QueueFull when its device's queue is full, and
+        RequestRefused when its model cannot do what it asks.
 
         The ticket's position and start are pushed to on_queue as they change.
         """
+        spec = self.specs[request.params.model]
+        check_offered(spec.name, spec.traits, request)
         ticket = Ticket(request=request, lane=lane, timeout_seconds=timeout_seconds,
                         on_progress=on_progress, on_queue=on_queue)
         self._batcher_for(request.params.model).submit(ticket)

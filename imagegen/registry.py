@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from imagegen.families import SHAPES, SHAPES_FAMILY, Family, FamilyError, family_of_directory
 from imagegen.pipelines.base import TextToImagePipeline
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded" / "shapes"
 EMBEDDED_MODEL_NAME = "shapes"
 
-FAMILIES = ("shapes", "stable-diffusion")
+# `family` in models.toml is optional: a directory's model_index.json says which family
+# it is (the embedded kind, or one of diffusers'); a family named there must agree.
+DIFFUSERS = "diffusers"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,6 +41,9 @@ class ModelSpec:
     max_batch: int = 8
     description: str = ""
     examples: tuple[str, ...] = field(default=())
+    # What this model's family passes differently (imagegen.families), with the
+    # models.toml overrides (scheduler, max_sequence_length) applied.
+    traits: Family = SHAPES_FAMILY
 
     def allows_size(self, width: int, height: int) -> bool:
         return (width, height) in self.sizes
@@ -48,7 +54,7 @@ def embedded_spec() -> ModelSpec:
     return ModelSpec(
         name=EMBEDDED_MODEL_NAME,
         path=EMBEDDED_MODEL_DIR,
-        family="shapes",
+        family=SHAPES,
         dtype="float32",
         device="auto",
         sizes=((32, 32), (64, 64), (128, 128), (256, 256)),
@@ -74,17 +80,57 @@ def parse_size(text: str, where: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+# Per-model overrides of the family's row.
+TRAIT_FIELDS = ("scheduler", "max_sequence_length")
+
+
+def _covers(family: str, name: str) -> bool:
+    """`family` names this family, or a prefix of it ("stable-diffusion" covers "-xl", "-3")."""
+    return name == family or name.startswith(family + "-")
+
+
+def _traits(where: str, family: str, path: Path, table: dict[str, Any]) -> Family:
+    """The family row for the directory, checked against `family` and overridden by the table."""
+    from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
+
+    known = (SHAPES, DIFFUSERS, *AUTO_TEXT2IMAGE_PIPELINES_MAPPING)
+    if not any(_covers(family, name) for name in known):
+        raise ModelConfigError(f"{where}.family must be {SHAPES!r}, {DIFFUSERS!r} or a family "
+                               "of diffusers' AutoPipelineForText2Image")
+    try:
+        traits = family_of_directory(path)
+    except FamilyError as exc:
+        raise ModelConfigError(f"{where}.path {exc}") from None
+    if family != DIFFUSERS and not _covers(family, traits.name):
+        raise ModelConfigError(f"{where}.family is {family!r} but the directory holds "
+                               f"a {traits.name!r} pipeline")
+    scheduler = table.get("scheduler", traits.scheduler)
+    if scheduler is not None:
+        import diffusers
+
+        if not (isinstance(scheduler, str) and scheduler.endswith("Scheduler")
+                and hasattr(diffusers, scheduler)):
+            raise ModelConfigError(f"{where}.scheduler must name a diffusers scheduler class")
+    length = table.get("max_sequence_length", traits.max_sequence_length)
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                               or length < 1):
+        raise ModelConfigError(f"{where}.max_sequence_length must be a positive integer")
+    return replace(traits, scheduler=scheduler, max_sequence_length=length)
+
+
 def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelSpec:
     where = f"models.{name}"
-    known = set(ModelSpec.__dataclass_fields__) - {"name"}
+    if not isinstance(table, dict):
+        raise ModelConfigError(f"{where} must be a table")
+    known = (set(ModelSpec.__dataclass_fields__) | set(TRAIT_FIELDS)) - {"name", "traits"}
     unknown = set(table) - known
     if unknown:
         raise ModelConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     if "path" not in table:
         raise ModelConfigError(f"{where}.path is required")
-    family = table.get("family", "stable-diffusion")
-    if family not in FAMILIES:
-        raise ModelConfigError(f"{where}.family must be one of {', '.join(FAMILIES)}")
+    family = table.get("family", DIFFUSERS)
+    if not isinstance(family, str):
+        raise ModelConfigError(f"{where}.family must be a string")
     dtype = table.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ModelConfigError(f"{where}.dtype must be one of {', '.join(DTYPES)}")
@@ -93,19 +139,23 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
         path = base_dir / path
     if not path.is_dir():
         raise ModelConfigError(f"{where}.path is not a local directory")
+    traits = _traits(where, family, path, table)
     sizes = tuple(parse_size(s, f"{where}.sizes") for s in table.get("sizes", ["512x512"]))
     default_size = parse_size(table["default_size"], f"{where}.default_size") if (
         "default_size" in table
     ) else sizes[0]
     if default_size not in sizes:
         raise ModelConfigError(f"{where}.default_size must be one of sizes")
-    fields = {k: v for k, v in table.items()
-              if k not in ("path", "family", "sizes", "default_size")}
+    # The family's own defaults unless the table sets them.
+    fields: dict[str, Any] = {"default_steps": traits.default_steps,
+                              "default_guidance": traits.default_guidance}
+    fields.update({k: v for k, v in table.items()
+                   if k not in ("path", "family", "sizes", "default_size", *TRAIT_FIELDS)})
     if "examples" in fields:
         fields["examples"] = tuple(fields["examples"])
     try:
-        spec = ModelSpec(name=name, path=path, family=family, sizes=sizes,
-                         default_size=default_size, **fields)
+        spec = ModelSpec(name=name, path=path, family=traits.name, sizes=sizes,
+                         default_size=default_size, traits=traits, **fields)
     except TypeError as exc:  # a value of the wrong type; the message holds only field names
         raise ModelConfigError(f"{where}: {exc}") from None
     for limit in ("default_steps", "max_steps", "max_n", "max_batch"):
@@ -147,10 +197,10 @@ def load_pipeline(spec: ModelSpec) -> TextToImagePipeline:
     """Load a model from its local directory; never touches the network."""
     device = resolve_device(spec)
     dtype = DTYPES[spec.dtype]
-    if spec.family == "shapes":
+    if spec.family == SHAPES:
         from imagegen.pipelines.shapes import load_shapes_pipeline
 
         return load_shapes_pipeline(spec.path, device, dtype)
-    from imagegen.pipelines.stable_diffusion import load_stable_diffusion_pipeline
+    from imagegen.pipelines.auto import load_diffusers_pipeline
 
-    return load_stable_diffusion_pipeline(spec.path, device, dtype)
+    return load_diffusers_pipeline(spec.path, spec.traits, device, dtype)

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from imagegen.registry import load_specs
     from web.app import create_app
     from web.request_log import configure_logging
     from web.server import uvicorn_config
@@ -56,6 +57,9 @@ def serve(args: argparse.Namespace) -> None:
         "store_max_bytes", "redis_url", "queue_size", "batch_wait", "batch_retention",
         "public_url", "client_timeout")}
     settings = Settings.load(**options)
+    # A bad models.toml is one line naming the model and field (ModelConfigError), here,
+    # not a traceback from inside the server's start-up.
+    load_specs(settings.models)
     configure_logging(settings.log_level)
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 

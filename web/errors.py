@@ -57,6 +57,7 @@ class Status:
 # The one table: each domain error's HTTP status. First match wins, so subclasses go first.
 DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.InvalidInput: Status(400),
+    domain.RequestRefused: Status(400),
     domain.JobNotFound: Status(404),
     domain.BatchNotFound: Status(404),
     domain.JobEnded: Status(409),

@@ -14,6 +14,16 @@ class PromptError(ValueError):
     """The prompt cannot be drawn by this model (the message never quotes it)."""
 
 
+class RequestRefused(ValueError):
+    """The model cannot do what a request asks (a 400): the message names the model and
+    the capability or adapter, `param` the request field; neither quotes content."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
 @dataclass(slots=True)
 class PipelineOutput:
     images: list[Image.Image]
