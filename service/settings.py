@@ -38,8 +38,9 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     # Seconds a client has to send its request's headers, and its body: slower is a 408.
     client_timeout: float = 60.0
-    # Requests receiving a body at once, and the bytes held for them; beyond, a 503.
-    max_receiving_bodies: int = 32
+    # Requests receiving a body at once (a burst of small ones must fit), and the bytes
+    # held for them; beyond either, a 503.
+    max_receiving_bodies: int = 256
     max_buffered_body_bytes: int = 128 * 1024 * 1024
     request_timeout: float = 120.0
     log_level: str = "INFO"
