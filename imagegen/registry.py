@@ -44,9 +44,38 @@ class ModelSpec:
     # What this model's family passes differently (imagegen.families), with the
     # models.toml overrides (scheduler, max_sequence_length) applied.
     traits: Family = SHAPES_FAMILY
+    # Speed (imagegen/speed.py): attention implementation, torch.compile (regional
+    # where the family has repeated blocks), channels_last, fused QKV projections.
+    attention: str = "sdpa"
+    compile: bool = False
+    compile_mode: str = "default"
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    # Batch sizes a compiled model runs at (others are padded up to one); () = powers of 2.
+    batch_buckets: tuple[int, ...] = ()
 
     def allows_size(self, width: int, height: int) -> bool:
         return (width, height) in self.sizes
+
+    def buckets(self) -> tuple[int, ...]:
+        """Images per pipeline call a compiled model is warmed up for (ascending)."""
+        if self.batch_buckets:
+            return tuple(sorted(set(self.batch_buckets)))
+        powers = [size for size in (1, 2, 4, 8, 16, 32, 64) if size < self.max_batch]
+        return (*powers, self.max_batch)
+
+    def bucket_for(self, images: int) -> int:
+        """The smallest bucket that holds `images` (a compiled graph exists for it)."""
+        return next((b for b in self.buckets() if b >= images), images)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """`[devices."cuda:0"]` in models.toml: how much of a device the models may use."""
+
+    name: str
+    memory_budget_mb: float | None = None  # None: measured free memory minus the reserve
+    memory_reserve_mb: float | None = None  # None: imagegen.model_manager's default
 
 
 def embedded_spec() -> ModelSpec:
@@ -151,8 +180,9 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
                               "default_guidance": traits.default_guidance}
     fields.update({k: v for k, v in table.items()
                    if k not in ("path", "family", "sizes", "default_size", *TRAIT_FIELDS)})
-    if "examples" in fields:
-        fields["examples"] = tuple(fields["examples"])
+    for listed in ("examples", "batch_buckets"):
+        if isinstance(fields.get(listed), list):
+            fields[listed] = tuple(fields[listed])
     try:
         spec = ModelSpec(name=name, path=path, family=traits.name, sizes=sizes,
                          default_size=default_size, traits=traits, **fields)
@@ -164,7 +194,38 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
             raise ModelConfigError(f"{where}.{limit} must be a positive integer")
     if spec.default_steps > spec.max_steps:
         raise ModelConfigError(f"{where}.default_steps must not exceed max_steps")
+    _check_speed(spec, where)
     return spec
+
+
+ATTENTION = ("sdpa", "eager")  # or a backend of diffusers' attention dispatcher
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_speed(spec: ModelSpec, where: str) -> None:
+    for flag in ("compile", "channels_last", "fuse_qkv"):
+        if not isinstance(getattr(spec, flag), bool):
+            raise ModelConfigError(f"{where}.{flag} must be true or false")
+    if spec.compile_mode not in COMPILE_MODES:
+        raise ModelConfigError(f"{where}.compile_mode must be one of {', '.join(COMPILE_MODES)}")
+    if spec.attention not in ATTENTION:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        if spec.attention not in {backend.value for backend in AttentionBackendName}:
+            raise ModelConfigError(f"{where}.attention must be sdpa, eager or a diffusers "
+                                   "attention backend such as flash or _native_cudnn")
+    buckets = spec.batch_buckets
+    if not all(isinstance(b, int) and 1 <= b <= spec.max_batch for b in buckets) or (
+            buckets and max(buckets) != spec.max_batch):
+        raise ModelConfigError(f"{where}.batch_buckets must be sizes from 1 up to max_batch, "
+                               "the largest equal to max_batch")
+
+
+def _read_models_file(models_file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(models_file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelConfigError(f"models file cannot be read: {type(exc).__name__}") from None
 
 
 def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
@@ -172,10 +233,7 @@ def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
     specs = {EMBEDDED_MODEL_NAME: embedded_spec()}
     if models_file is None:
         return specs
-    try:
-        document = tomllib.loads(models_file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ModelConfigError(f"models file cannot be read: {type(exc).__name__}") from None
+    document = _read_models_file(models_file)
     tables = document.get("models", {})
     if not isinstance(tables, dict):
         raise ModelConfigError("models must be a table of [models.<name>] entries")
@@ -184,23 +242,72 @@ def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
     return specs
 
 
+def canonical_device(name: str) -> torch.device:
+    """"cuda" means the current CUDA device: one name per device, "cuda:0" say."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available()
+                            else 0)
+    return device
+
+
+def load_devices(models_file: Path | None) -> dict[str, DeviceSpec]:
+    """The `[devices."NAME"]` tables of models_file, by canonical device name."""
+    if models_file is None:
+        return {}
+    tables = _read_models_file(models_file).get("devices", {})
+    if not isinstance(tables, dict):
+        raise ModelConfigError('devices must be a table of [devices."<name>"] entries')
+    devices = {}
+    for name, table in tables.items():
+        where = f"devices.{name}"
+        try:
+            device = str(canonical_device(name))
+        except RuntimeError:
+            raise ModelConfigError(f"{where}: not a torch device name such as cuda:0 or cpu"
+                                   ) from None
+        if not isinstance(table, dict):
+            raise ModelConfigError(f"{where} must be a table")
+        unknown = set(table) - {"memory_budget_mb", "memory_reserve_mb"}
+        if unknown:
+            raise ModelConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                    key == "memory_budget_mb" and value == 0):
+                raise ModelConfigError(f"{where}.{key} must be a positive number of MB")
+        devices[device] = DeviceSpec(device, table.get("memory_budget_mb"),
+                                     table.get("memory_reserve_mb"))
+    return devices
+
+
 def resolve_device(spec: ModelSpec) -> torch.device:
+    """The device a model runs on (its home; it may wait offloaded in CPU RAM)."""
     if spec.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec.device)
+        return canonical_device("cuda" if torch.cuda.is_available() else "cpu")
+    device = canonical_device(spec.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelConfigError(f"models.{spec.name}.device is cuda but no GPU is visible")
     return device
 
 
-def load_pipeline(spec: ModelSpec) -> TextToImagePipeline:
-    """Load a model from its local directory; never touches the network."""
-    device = resolve_device(spec)
+def load_pipeline(spec: ModelSpec, device: torch.device | None = None) -> TextToImagePipeline:
+    """Load a model from its local directory; never touches the network.
+
+    `device` overrides where the weights go first (the model manager loads to
+    the CPU and moves them to the model's device when it has room there).
+    The speed settings of the spec are applied before anything runs.
+    """
+    from imagegen.speed import apply_speed_settings
+
+    device = device or resolve_device(spec)
     dtype = DTYPES[spec.dtype]
     if spec.family == SHAPES:
         from imagegen.pipelines.shapes import load_shapes_pipeline
 
-        return load_shapes_pipeline(spec.path, device, dtype)
-    from imagegen.pipelines.auto import load_diffusers_pipeline
+        pipeline: TextToImagePipeline = load_shapes_pipeline(spec.path, device, dtype)
+    else:
+        from imagegen.pipelines.auto import load_diffusers_pipeline
 
-    return load_diffusers_pipeline(spec.path, spec.traits, device, dtype)
+        pipeline = load_diffusers_pipeline(spec.path, spec.traits, device, dtype)
+    apply_speed_settings(spec, pipeline)
+    return pipeline

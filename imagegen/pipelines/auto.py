@@ -61,6 +61,15 @@ class DiffusersPipeline:
         self._prompt_tokenizer = copy.deepcopy(tokenizer)
         self._prompt_lock = threading.Lock()
 
+    def components(self) -> dict[str, torch.nn.Module]:
+        return {name: component for name, component in self.text2image.components.items()
+                if isinstance(component, torch.nn.Module)}
+
+    def to(self, device: torch.device) -> None:
+        # The image-to-image and inpainting pipelines share these components.
+        self.text2image.to(device)
+        self.device = device
+
     def check_prompt(self, prompt: str) -> int:
         """Text encoders read any text but only their first tokens: count the words cut off."""
         tokenizer = self._prompt_tokenizer

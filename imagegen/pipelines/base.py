@@ -32,8 +32,16 @@ class PipelineOutput:
 
 
 class TextToImagePipeline(Protocol):
-    device: torch.device
+    device: torch.device  # where the weights are now (the model manager moves them)
     dtype: torch.dtype
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The model's weights by name ("unet", "text_encoder"...): what is moved and sized."""
+        ...
+
+    def to(self, device: torch.device) -> None:
+        """Move every component to `device` (offload to "cpu", or back); `device` follows."""
+        ...
 
     def check_prompt(self, prompt: str) -> int:
         """Return how many words will be ignored; raise PromptError if nothing is drawable."""
