@@ -32,8 +32,11 @@ def _bare_copy(image: Image.Image) -> Image.Image:
     return Image.frombytes(mode, pixels.size, pixels.tobytes())
 
 
-def encode_image(image: Image.Image, output_format: str) -> bytes:
+def encode_image(image: Image.Image, output_format: str, quality: int | None = None) -> bytes:
+    """`quality` (0-100, webp and jpeg only) overrides the format's default."""
     options = _SAVE_OPTIONS[output_format]
+    if quality is not None and output_format in ("webp", "jpeg"):
+        options = {**options, "quality": quality}
     bare = _bare_copy(image)
     if output_format == "jpeg" and bare.mode != "RGB":
         bare = bare.convert("RGB")
@@ -48,9 +51,10 @@ class Encoder:
     def __init__(self, workers: int | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
 
-    async def encode(self, images: list[Image.Image], output_format: str) -> list[bytes]:
+    async def encode(self, images: list[Image.Image], output_format: str,
+                     quality: int | None = None) -> list[bytes]:
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._pool, encode_image, image, output_format)
+        jobs = [loop.run_in_executor(self._pool, encode_image, image, output_format, quality)
                 for image in images]
         return list(await asyncio.gather(*jobs))
 

@@ -33,6 +33,8 @@ class GenerationRequest:
     mask_image: Image.Image | None = None
     strength: float = 0.8
     want_previews: bool = False
+    # Steps (0-based) after which every image's latents are shown at full size (streaming).
+    partial_image_steps: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -50,6 +52,8 @@ class Progress:
     step: int
     total: int
     preview: Image.Image | None = field(default=None, repr=False)
+    # At a partial-image step: each of the request's images, at its requested size.
+    partial_images: list[Image.Image] = field(default_factory=list, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ class GenerationInput:
     output_format: str
     response_format: str  # "url" | "b64_json" | "data_url"
     strength: float = 0.8
+    output_compression: int | None = None  # webp/jpeg quality; the encoder's default if None
 
     @property
     def stores_images(self) -> bool:
@@ -280,7 +281,8 @@ async def deliver(
     queue_seconds: float,
 ) -> Generated:
     """Encode off the loop, store (when ttl is set) all or nothing, count, say what it cost."""
-    encoded = await services.encoder.encode(result.images, gen.output_format)
+    encoded = await services.encoder.encode(result.images, gen.output_format,
+                                            gen.output_compression)
     content_type = CONTENT_TYPES[gen.output_format]
     if ttl is None:
         images = [OutputImage(data=data, content_type=content_type) for data in encoded]

@@ -13,16 +13,9 @@ from service.container import PipelineWrapper, open_services
 from service.settings import Settings
 from store import Clock
 from web import admin, batches, demo, edits, images, jobs, native_api, openai_api, openapi, ops
-from web.body_limits import BodyBudget, BodyLimits
 from web.bulk_runner import BulkRunner
 from web.errors import exception_handlers
 from web.request_log import RequestLogMiddleware
-
-
-def body_budget(settings: Settings) -> BodyBudget:
-    return BodyBudget(max_receiving=settings.max_receiving_bodies,
-                      max_buffered_bytes=settings.max_buffered_body_bytes,
-                      max_body_bytes=settings.max_body_bytes, timeout=settings.client_timeout)
 
 
 def create_app(
@@ -50,8 +43,7 @@ def create_app(
     return Starlette(
         routes=routes,
         # ImageHits first: it answers image hits before the other layers.
-        middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware),
-                    Middleware(BodyLimits, budget=body_budget(settings))],
+        middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,
     )

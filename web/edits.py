@@ -8,7 +8,7 @@ service's extensions) is parsed in memory by web.multipart, never by
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.generation import generate
@@ -18,6 +18,7 @@ from web.generation_params import find_model, parse_openai
 from web.image_inputs import load_inputs
 from web.multipart import Limits, fields_and_files, parse_multipart
 from web.openai_api import images_response, log_generation
+from web.openai_stream import requested_partials, stream_images
 from web.request_log import request_id_of
 from web.request_models import ImageEditForm, field_names, validate
 from web.routing import public_base_url, services_of
@@ -37,7 +38,7 @@ def upload(files: dict[str, bytes], fields: dict[str, str], name: str,
     return None
 
 
-async def create_edit(request: Request) -> JSONResponse:
+async def create_edit(request: Request) -> Response:
     services = services_of(request)
     require_media_type(request, "multipart/form-data")
     max_bytes = services.settings.max_body_bytes
@@ -56,6 +57,10 @@ async def create_edit(request: Request) -> JSONResponse:
     gen = parse_openai(spec, form, form.strength)
     inputs = await load_inputs(form.image, form.mask, (gen.width, gen.height), "image", "mask")
     log_generation(request, gen, None)
+    partials = requested_partials(form.stream, form.partial_images)
+    if partials is not None:
+        return await stream_images(services, gen, partials, "image_edit", request_id_of(request),
+                                   inputs.init_image, inputs.mask_image)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),
                                inputs.init_image, inputs.mask_image)
     log_generation(request, gen, generated)

@@ -53,6 +53,7 @@ def _common(spec: ModelSpec, body: GenerationFields, n_field: str, n: int | None
         "seed": secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed,
         "ttl_seconds": body.ttl_seconds,
         "output_format": body.output_format or "png",
+        "output_compression": body.output_compression,
         "strength": DEFAULT_STRENGTH if strength is None else strength,
     }
 

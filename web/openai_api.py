@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imagegen.registry import ModelSpec
 from service.generation import Generated, GenerationInput, generate, input_log_fields
 from web.body import read_model
 from web.generation_params import find_model, parse_openai
+from web.openai_stream import requested_partials, stream_images
 from web.request_log import log_fields, request_id_of
 from web.request_models import ImageGenerationRequest
 from web.routing import public_base_url, services_of
@@ -25,12 +26,16 @@ def log_generation(request: Request, gen: GenerationInput, generated: Generated 
         log_fields(request, **generated.log_fields())
 
 
-async def create_image(request: Request) -> JSONResponse:
+async def create_image(request: Request) -> Response:
     services = services_of(request)
     body = await read_model(request, ImageGenerationRequest, services.settings.max_body_bytes)
     spec = find_model(services.engine.specs, body.model, services.default_model)
     gen = parse_openai(spec, body)
     log_generation(request, gen, None)
+    partials = requested_partials(body.stream, body.partial_images)
+    if partials is not None:
+        return await stream_images(services, gen, partials, "image_generation",
+                                   request_id_of(request))
     generated = await generate(services, gen, request_id_of(request), public_base_url(request))
     log_generation(request, gen, generated)
     return JSONResponse(images_response(generated))
@@ -53,7 +58,7 @@ def images_response(generated: Generated) -> dict[str, object]:
     }
 
 
-def describe_model(spec: ModelSpec, vocabulary: object, state: str) -> dict[str, object]:
+def describe_model(spec: ModelSpec, vocabulary: object) -> dict[str, object]:
     return {
         "id": spec.name,
         "object": "model",
@@ -67,14 +72,12 @@ def describe_model(spec: ModelSpec, vocabulary: object, state: str) -> dict[str,
         "limits": {"max_n": spec.max_n, "max_inference_steps": spec.max_steps},
         "examples": list(spec.examples),
         "vocabulary": vocabulary,
-        "state": state,  # resident | offloaded | loading: where its weights are
     }
 
 
 async def list_models(request: Request) -> JSONResponse:
     engine = services_of(request).engine
-    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None),
-                           engine.model_state(name))
+    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None))
             for name, spec in engine.specs.items()]
     return JSONResponse({"object": "list", "data": data})
 
@@ -83,8 +86,7 @@ async def get_model(request: Request) -> JSONResponse:
     engine = services_of(request).engine
     spec = find_model(engine.specs, request.path_params["model"], "")
     return JSONResponse(describe_model(spec, getattr(engine.pipelines[spec.name],
-                                                     "vocabulary", None),
-                                       engine.model_state(spec.name)))
+                                                     "vocabulary", None)))
 
 
 routes = [

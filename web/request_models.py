@@ -61,6 +61,11 @@ ImageInput = Annotated[str, Field(description="A PNG, JPEG or WebP image: base64
 ModelName = Annotated[str, Field(max_length=200, description="A model of GET /v1/models; "
                                   "the default model when absent.")]
 OutputFormat = Literal["png", "webp", "jpeg"]
+OutputCompression = Annotated[int, Field(ge=0, le=100, description="WebP and JPEG quality "
+                                         "(as OpenAI's output_compression); the encoder's "
+                                         "default (90) when absent."), WHOLE_NUMBER]
+WebhookEvent = Literal["started", "progress", "completed"]
+MAX_WEBHOOK_URL_CHARS = 2048
 
 
 class RequestModel(BaseModel):
@@ -79,6 +84,7 @@ class GenerationFields(RequestModel):
     guidance_scale: Guidance | None = None
     ttl_seconds: TtlSeconds | None = None
     output_format: OutputFormat | None = None
+    output_compression: OutputCompression | None = None
 
 
 class ImageGenerationRequest(GenerationFields):
@@ -89,6 +95,12 @@ class ImageGenerationRequest(GenerationFields):
     size: Annotated[str, Field(pattern=SIZE_PATTERN, description="WIDTHxHEIGHT, one of the "
                                "model's sizes; its default size when absent.")] | None = None
     response_format: Literal["url", "b64_json"] | None = None
+    stream: bool | None = Field(None, description="Answer with OpenAI's image stream "
+                                "(text/event-stream): partial images, then each final image "
+                                "with usage, as base64. Nothing is stored.")
+    partial_images: Annotated[int, Field(ge=0, le=3, description="Partial images sent while "
+                                         "sampling (needs stream); fewer when there are few "
+                                         "steps."), WHOLE_NUMBER] | None = None
 
 
 class ImageEditForm(ImageGenerationRequest):
@@ -120,6 +132,19 @@ class InferenceRequest(NativeFields):
     strength: Strength | None = None
 
 
+class Webhook(RequestModel):
+    """Where to send signed notices of a job's or batch's events, and which."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=MAX_WEBHOOK_URL_CHARS,
+                              description="An http(s) URL of a public address (the operator "
+                              "may allow others).")]
+    events: list[WebhookEvent] | None = Field(None, max_length=3, description="started, "
+                                              "progress (at most once a second), completed "
+                                              "(the default).")
+
+
 class JobRequest(InferenceRequest):
     """POST /v1/jobs: the native body plus the model, and step previews."""
 
@@ -128,6 +153,8 @@ class JobRequest(InferenceRequest):
                                           "its result shows their URLs.")
     previews: bool | None = Field(None, description="Send a 64x64 PNG preview with each "
                                   "step's event.")
+    webhook: Webhook | None = Field(None, description="Signed notices of the job's events "
+                                    "(Standard Webhooks); see GET /v1/webhooks/secret.")
 
 
 class BatchLineBody(NativeFields):
