@@ -12,6 +12,7 @@ from imagegen.pipelines.base import TextToImagePipeline
 from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tenancy import Limits, Tenancy
 from store import ArtifactStore, Clock, create_retention_holder, create_store
 from store.retention import RetentionHolder, RetentionPolicy
 from store.sweeper import Sweeper
@@ -29,6 +30,7 @@ class Services:
     sweeper: Sweeper
     encoder: Encoder
     metrics: Metrics
+    tenancy: Tenancy
     clock: Clock
     default_model: str
     draining: bool = False
@@ -48,6 +50,7 @@ class Services:
         self.sweeper.shutdown()
         await self.retention.stop()
         await self.store.close()
+        await self.tenancy.close()
         self.encoder.shutdown()
 
 
@@ -71,6 +74,15 @@ def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | No
                   micro_batch_wait=settings.batch_wait)
 
 
+def create_tenancy(settings: Settings, clock: Clock) -> Tenancy:
+    return Tenancy.create(
+        auth=settings.auth, demo_enabled=settings.demo == "on",
+        demo_limits=Limits.parse(settings.demo_limits), redis_url=settings.shared_redis_url,
+        keys_file=settings.keys_file, usage_retention_days=settings.usage_retention_days,
+        # A lease outlives any request that holds it (deadline plus grace), not much more.
+        lease_seconds=2 * settings.request_timeout + 30, clock=clock)
+
+
 async def open_services(settings: Settings, clock: Clock,
                         wrap_pipeline: PipelineWrapper | None = None) -> Services:
     """Build every component (models load in a thread); nothing runs until start()."""
@@ -79,10 +91,11 @@ async def open_services(settings: Settings, clock: Clock,
     store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
                          directory=settings.store_dir, redis_url=settings.redis_url)
     # Replicas sharing a Redis store share the policy too: a change on one applies on all.
-    shared_url = settings.redis_url if settings.store == "redis" else None
-    retention = create_retention_holder(initial_policy(settings), redis_url=shared_url)
+    retention = create_retention_holder(initial_policy(settings),
+                                        redis_url=settings.shared_redis_url)
     sweeper = Sweeper(store, settings.sweep_interval, clock)
     sweeper.lag_observer = metrics.deletion_lag.observe
     return Services(settings=settings, engine=engine, store=store, retention=retention,
-                    sweeper=sweeper, encoder=Encoder(), metrics=metrics, clock=clock,
+                    sweeper=sweeper, encoder=Encoder(), metrics=metrics,
+                    tenancy=create_tenancy(settings, clock), clock=clock,
                     default_model=EMBEDDED_MODEL_NAME)

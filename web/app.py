@@ -12,7 +12,20 @@ from starlette.middleware import Middleware
 from service.container import PipelineWrapper, open_services
 from service.settings import Settings
 from store import Clock
-from web import admin, batches, demo, edits, images, jobs, native_api, openai_api, openapi, ops
+from web import (
+    admin,
+    batches,
+    demo,
+    edits,
+    images,
+    jobs,
+    native_api,
+    openai_api,
+    openapi,
+    ops,
+    tenancy_api,
+)
+from web.auth import Authentication
 from web.bulk_runner import BulkRunner
 from web.errors import exception_handlers
 from web.request_log import RequestLogMiddleware
@@ -39,11 +52,13 @@ def create_app(
 
     routes = [*images.routes, *openai_api.routes, *edits.routes, *native_api.routes,
               *jobs.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes,
-              *batches.routes]
+              *batches.routes, *tenancy_api.routes]
     return Starlette(
         routes=routes,
         # ImageHits first: it answers image hits before the other layers.
-        middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware)],
+        # Authentication after the request log: refusals are logged, with the key id.
+        middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware),
+                    Middleware(Authentication)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -27,6 +27,7 @@ ALLOWED_FIELDS = frozenset({
     "model", "n", "width", "height", "steps", "guidance", "seed", "scheduler",
     "response_format", "output_format", "ttl_seconds", "device_seconds", "cost",
     "queue_seconds", "batch_size", "ignored_words", "error_code", "lane", "job_id_hash",
+    "key_id",
 })
 
 
