@@ -8,17 +8,27 @@ from dataclasses import dataclass, field
 
 from imagegen.encode import Encoder
 from imagegen.engine import Engine
-from imagegen.model_manager import OFFLOAD_DEVICE, ModelEvents
 from imagegen.pipelines.base import TextToImagePipeline
-from imagegen.registry import EMBEDDED_MODEL_NAME, load_devices, load_pipeline, load_specs
+from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tenancy import Limits, Tenancy
+from service.tenancy.principal import ANONYMOUS_ID
+from service.webhooks import (
+    AddressPolicy,
+    WebhookDeliverer,
+    Webhooks,
+    WebhookSecrets,
+    parse_allow,
+)
 from store import ArtifactStore, Clock, create_retention_holder, create_store
 from store.retention import RetentionHolder, RetentionPolicy
 from store.sweeper import Sweeper
 
 # Wraps each loaded pipeline; tests use it to inject faults a CPU cannot produce.
 PipelineWrapper = Callable[[str, TextToImagePipeline], TextToImagePipeline]
+# At shutdown, deliveries still pending get one last try within this time.
+WEBHOOK_DRAIN_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -30,8 +40,10 @@ class Services:
     sweeper: Sweeper
     encoder: Encoder
     metrics: Metrics
+    tenancy: Tenancy
     clock: Clock
     default_model: str
+    webhooks: Webhooks
     draining: bool = False
     # Long-lived per-app state of other surfaces (jobs, batches) hangs here.
     extras: dict[str, object] = field(default_factory=dict)
@@ -41,14 +53,18 @@ class Services:
         await self.retention.start()
         self.engine.start()
         self.sweeper.start()
+        self.webhooks.start()
 
     async def stop(self) -> None:
         """Drain: refuse new work, let what is queued and running finish, then let go."""
         self.draining = True
         await asyncio.to_thread(self.engine.stop)
+        # After the devices: notices of the work that just finished go out too.
+        await self.webhooks.stop(WEBHOOK_DRAIN_SECONDS)
         self.sweeper.shutdown()
         await self.retention.stop()
         await self.store.close()
+        await self.tenancy.close()
         self.encoder.shutdown()
 
 
@@ -64,17 +80,31 @@ def initial_policy(settings: Settings) -> RetentionPolicy:
 def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None) -> Engine:
     """Load every model (blocking: start-up only)."""
     specs = load_specs(settings.models)
-    # Into CPU RAM; each device's worker moves what fits its budget onto the device.
-    weights: Mapping[str, TextToImagePipeline] = {
-        name: load_pipeline(spec, OFFLOAD_DEVICE) for name, spec in specs.items()}
-    pipelines = weights
+    pipelines: Mapping[str, TextToImagePipeline] = {
+        name: load_pipeline(spec) for name, spec in specs.items()}
     if wrap is not None:
-        pipelines = {name: wrap(name, pipeline) for name, pipeline in weights.items()}
+        pipelines = {name: wrap(name, pipeline) for name, pipeline in pipelines.items()}
     return Engine(specs, pipelines, settings.queue_size, on_micro_batch=metrics.micro_batch_done,
-                  micro_batch_wait=settings.batch_wait, devices=load_devices(settings.models),
-                  weights=weights,
-                  events=ModelEvents(loaded=metrics.model_loaded, evicted=metrics.model_evicted),
-                  on_compile=metrics.compiled)
+                  micro_batch_wait=settings.batch_wait)
+
+
+def create_tenancy(settings: Settings, clock: Clock) -> Tenancy:
+    return Tenancy.create(
+        auth=settings.auth, demo_enabled=settings.demo == "on",
+        demo_limits=Limits.parse(settings.demo_limits), redis_url=settings.shared_redis_url,
+        keys_file=settings.keys_file, usage_retention_days=settings.usage_retention_days,
+        # A lease outlives any request that holds it (deadline plus grace), not much more.
+        lease_seconds=2 * settings.request_timeout + 30, clock=clock)
+
+
+def open_webhooks(settings: Settings, metrics: Metrics) -> Webhooks:
+    policy = AddressPolicy(parse_allow(settings.webhook_allow))
+    deliverer = WebhookDeliverer(policy, retry_seconds=settings.webhook_retry_seconds,
+                                 observer=metrics)
+    # With auth off there is one principal, and the operator may choose its secret.
+    preset = ({ANONYMOUS_ID: settings.webhook_secret}
+              if settings.auth == "none" and settings.webhook_secret is not None else {})
+    return Webhooks(policy, WebhookSecrets(preset), deliverer)
 
 
 async def open_services(settings: Settings, clock: Clock,
@@ -85,10 +115,12 @@ async def open_services(settings: Settings, clock: Clock,
     store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
                          directory=settings.store_dir, redis_url=settings.redis_url)
     # Replicas sharing a Redis store share the policy too: a change on one applies on all.
-    shared_url = settings.redis_url if settings.store == "redis" else None
-    retention = create_retention_holder(initial_policy(settings), redis_url=shared_url)
+    retention = create_retention_holder(initial_policy(settings),
+                                        redis_url=settings.shared_redis_url)
     sweeper = Sweeper(store, settings.sweep_interval, clock)
     sweeper.lag_observer = metrics.deletion_lag.observe
     return Services(settings=settings, engine=engine, store=store, retention=retention,
-                    sweeper=sweeper, encoder=Encoder(), metrics=metrics, clock=clock,
-                    default_model=EMBEDDED_MODEL_NAME)
+                    sweeper=sweeper, encoder=Encoder(), metrics=metrics,
+                    tenancy=create_tenancy(settings, clock), clock=clock,
+                    default_model=EMBEDDED_MODEL_NAME,
+                    webhooks=open_webhooks(settings, metrics))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imagegen.batcher import QueueFull
-from imagegen.pipelines.base import RequestRefused
 from imagegen.worker import DeadlineExceeded, DeviceOutOfMemory, JobCanceled, PipelineFailed
 from store import StoreFull, StoreUnavailable
 
@@ -31,7 +30,6 @@ __all__ = [
     "JobNotFound",
     "PipelineFailed",
     "QueueFull",
-    "RequestRefused",
     "ServiceError",
     "StoreFull",
     "StoreUnavailable",
@@ -135,8 +133,6 @@ def failure_of(exc: BaseException) -> Failure | None:
     """The client-safe description of a known error; None for anything unexpected."""
     if isinstance(exc, ServiceError):
         return exc.failure
-    if isinstance(exc, RequestRefused):  # its message names only the model and the field
-        return Failure("invalid_value", exc.message, exc.param)
     for kind, failure in _BELOW.items():
         if isinstance(exc, kind):
             return failure

@@ -7,8 +7,7 @@ import pytest
 
 from tests.helpers import ADMIN_TOKEN, make_settings, running_app
 
-ROUTES = [("GET", "/admin/retention"), ("PUT", "/admin/retention"), ("GET", "/admin/stats"),
-          ("POST", "/admin/models/shapes/load"), ("POST", "/admin/models/shapes/offload")]
+ROUTES = [("GET", "/admin/retention"), ("PUT", "/admin/retention"), ("GET", "/admin/stats")]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)

@@ -30,8 +30,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-retention", type=int,
                        help="bulk job retention, seconds (IMAGEGEN_BATCH_RETENTION)")
     serve.add_argument("--public-url", help="base of image URLs (IMAGEGEN_PUBLIC_URL)")
-    serve.add_argument("--client-timeout", type=float,
-                       help="seconds to send headers, and a body (IMAGEGEN_CLIENT_TIMEOUT)")
+    serve.add_argument("--webhook-allow",
+                       help="CIDRs webhooks may call besides public addresses "
+                       "(IMAGEGEN_WEBHOOK_ALLOW)")
+    serve.add_argument("--webhook-retry-seconds", type=float,
+                       help="how long a delivery is retried (IMAGEGEN_WEBHOOK_RETRY_SECONDS)")
+
+    serve.add_argument("--auth", help="none | keys: require API keys (IMAGEGEN_AUTH)")
+    serve.add_argument("--keys-file", type=Path,
+                       help="key hashes without Redis (IMAGEGEN_KEYS_FILE)")
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys.add_argument("--keys-file", type=Path, help="(IMAGEGEN_KEYS_FILE)")
+    keys.add_argument("--store", help="redis: keys are in Redis (IMAGEGEN_STORE)")
+    keys.add_argument("--redis-url", help="(IMAGEGEN_REDIS_URL)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="mint a key; it is printed this once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", help="comma-separated models it may use (default: all)")
+    create.add_argument("--expires-at", help="Unix time or ISO 8601 date and time")
+    create.add_argument("--requests-per-minute", type=int)
+    create.add_argument("--max-concurrent", type=int)
+    create.add_argument("--device-seconds-per-day", type=float)
+    key_commands.add_parser("list", help="every key, without secrets")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
 
     generate = commands.add_parser("generate", help="generate once, with no server")
     generate.add_argument("prompt")
@@ -47,21 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from imagegen.registry import load_specs
     from web.app import create_app
     from web.request_log import configure_logging
-    from web.server import uvicorn_config
 
     options = {name: getattr(args, name) for name in (
         "host", "port", "models", "ttl", "max_ttl", "sweep_interval", "store", "store_dir",
         "store_max_bytes", "redis_url", "queue_size", "batch_wait", "batch_retention",
-        "public_url", "client_timeout")}
+        "public_url", "auth", "keys_file", "webhook_allow", "webhook_retry_seconds")}
     settings = Settings.load(**options)
-    # A bad models.toml is one line naming the model and field (ModelConfigError), here,
-    # not a traceback from inside the server's start-up.
-    load_specs(settings.models)
     configure_logging(settings.log_level)
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                access_log=False, log_config=None, server_header=False)
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -90,10 +109,49 @@ def generate(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} (seed {args.seed})")
 
 
+def manage_keys(args: argparse.Namespace) -> None:
+    import asyncio
+    import json
+    import time
+
+    from service.tenancy import KeyNotFound, Limits, Tenancy
+
+    settings = Settings.load(keys_file=args.keys_file, store=args.store,
+                             redis_url=args.redis_url)
+    tenancy = Tenancy.create(auth="keys", demo_enabled=False, demo_limits=Limits(),
+                             redis_url=settings.shared_redis_url, keys_file=settings.keys_file,
+                             usage_retention_days=settings.usage_retention_days,
+                             lease_seconds=1, clock=time.time)
+
+    async def run() -> object:
+        try:
+            if args.keys_command == "create":
+                limits = Limits(args.requests_per_minute, args.max_concurrent,
+                                args.device_seconds_per_day)
+                expires_at: object = args.expires_at
+                if isinstance(expires_at, str) and expires_at.replace(".", "", 1).isdigit():
+                    expires_at = float(expires_at)
+                record, key = await tenancy.issue_key(
+                    name=args.name, expires_at=expires_at, limits=limits,
+                    models=args.models.split(",") if args.models else None)
+                return {**record.public(), "key": key}
+            if args.keys_command == "list":
+                return {"object": "list", "data": [k.public() for k in await tenancy.list_keys()]}
+            return (await tenancy.revoke_key(args.key_id)).public()
+        finally:
+            await tenancy.close()
+
+    try:
+        print(json.dumps(asyncio.run(run()), indent=2))
+    except KeyNotFound:
+        raise ValueError(f"no key has the id {args.key_id}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    commands = {"serve": serve, "generate": generate, "keys": manage_keys}
     try:
-        serve(args) if args.command == "serve" else generate(args)
+        commands[args.command](args)
     except (SettingsError, ValueError) as exc:
         # One clear line naming the setting; no traceback.
         print(f"imagegen: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import errors as domain
-from web.routing import allowed_methods
+from service import tenancy
 
 RETRY_AFTER_SECONDS = 2
 
@@ -57,7 +57,9 @@ class Status:
 # The one table: each domain error's HTTP status. First match wins, so subclasses go first.
 DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.InvalidInput: Status(400),
-    domain.RequestRefused: Status(400),
+    tenancy.MissingKey: Status(401, "authentication_error"),
+    tenancy.KeyRejected: Status(403, "permission_error"),
+    tenancy.KeyNotFound: Status(404),
     domain.JobNotFound: Status(404),
     domain.BatchNotFound: Status(404),
     domain.JobEnded: Status(409),
@@ -67,6 +69,7 @@ DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.BatchExpired: Status(410),
     domain.QueueFull: Status(429, "rate_limit_error", RETRY_AFTER_SECONDS),
     domain.TooManyBatches: Status(429, "rate_limit_error"),
+    tenancy.LimitExceeded: Status(429, "rate_limit_error"),
     domain.StoreFull: Status(503, "server_error", 30),
     domain.StoreUnavailable: Status(503, "server_error", 5),
     domain.BatchStorageUnavailable: Status(503, "server_error"),
@@ -74,6 +77,21 @@ DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.DeadlineExceeded: Status(504, "server_error"),
     domain.PipelineFailed: Status(500, "server_error"),
 }
+
+
+def challenge_headers(exc: Exception) -> dict[str, str]:
+    """What a refused client needs to know: how to authenticate, or which limit and until when."""
+    if isinstance(exc, tenancy.MissingKey):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, tenancy.LimitExceeded):
+        # The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers).
+        quota = exc.quota
+        policy = f'"{quota.name}";q={int(quota.limit)}'
+        if quota.window_seconds is not None:
+            policy += f";w={quota.window_seconds}"
+        return {"RateLimit-Policy": policy,
+                "RateLimit": f'"{quota.name}";r={int(quota.remaining)};t={quota.reset_seconds}'}
+    return {}
 
 
 def api_error_for(exc: Exception) -> ApiError | None:
@@ -84,6 +102,7 @@ def api_error_for(exc: Exception) -> ApiError | None:
         if isinstance(exc, kind):
             retry_after = getattr(exc, "retry_after", None) or shape.retry_after
             headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+            headers.update(challenge_headers(exc))
             return ApiError(shape.status, failure.message, param=failure.param,
                             code=failure.code, error_type=shape.error_type, headers=headers)
     return None
@@ -104,10 +123,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, "Error.")
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        headers["Allow"] = allowed_methods(request)
-    return error_response(ApiError(exc.status_code, message, code=code, headers=headers))
+    return error_response(ApiError(exc.status_code, message, code=code,
+                                   headers=dict(exc.headers or {})))
 
 
 def exception_handlers() -> dict[type[Exception] | int, object]:

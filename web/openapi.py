@@ -27,6 +27,7 @@ from web.request_models import (
     ImageGenerationRequest,
     InferenceRequest,
     JobRequest,
+    KeyCreate,
     RequestModel,
     RetentionUpdate,
 )
@@ -34,7 +35,7 @@ from web.routing import services_of
 
 REQUEST_MODELS: tuple[type[RequestModel], ...] = (
     ImageGenerationRequest, ImageEditForm, InferenceRequest, JobRequest, BatchLine,
-    RetentionUpdate)
+    RetentionUpdate, KeyCreate)
 ERROR = {"$ref": "#/components/schemas/Error"}
 # What any request may be answered, whatever it asks: too slow a client (408), too many
 # bodies being received at once (503, with Retry-After).
@@ -183,14 +184,26 @@ PATHS: dict[str, dict[str, Any]] = {
                 "responses": _responses("Policy", *BODY_ERRORS, *ADMIN_ERRORS)}},
     "/admin/stats": {"get": {"summary": "Store and queue statistics", "security": ADMIN,
                              "responses": _responses("Stats", *ADMIN_ERRORS)}},
-    "/admin/models/{name}/load": {"post": {
-        "summary": "Move a model into device memory now (least recently used ones make room)",
-        "security": ADMIN, "parameters": [_path_param("name")],
-        "responses": _responses("The model's id and state", *ADMIN_ERRORS, 503)}},
-    "/admin/models/{name}/offload": {"post": {
-        "summary": "Move a model out to CPU RAM now; its next request brings it back",
-        "security": ADMIN, "parameters": [_path_param("name")],
-        "responses": _responses("The model's id and state", *ADMIN_ERRORS)}},
+    "/admin/keys": {
+        "post": {"summary": "Create an API key; the key is in this response only",
+                 "security": ADMIN, "requestBody": _json_body(KeyCreate),
+                 "responses": _responses("The key, with its id and limits", *BODY_ERRORS,
+                                         *ADMIN_ERRORS, ok_status="201")},
+        "get": {"summary": "Every API key, without secrets", "security": ADMIN,
+                "responses": _responses("Keys", *ADMIN_ERRORS)}},
+    "/admin/keys/{key_id}": {"delete": {
+        "summary": "Revoke an API key (on every replica at once)", "security": ADMIN,
+        "parameters": [_path_param("key_id")],
+        "responses": _responses("The revoked key", *ADMIN_ERRORS, 404)}},
+    "/admin/usage": {"get": {"summary": "Every key's usage by day and model", "security": ADMIN,
+                             "responses": _responses("Usage", *ADMIN_ERRORS)}},
+    "/v1/usage": {"get": {"summary": "The caller's usage by UTC day and model: requests, "
+                                     "images, device seconds, cost",
+                          "responses": _responses("Usage", 401, 403)}},
+    "/v1/webhooks/secret": {"get": {
+        "summary": "The caller's webhook signing secret (whsec_...): verify the "
+                   "webhook-signature of each notice with it (Standard Webhooks)",
+        "responses": _responses("Secret")}},
     "/healthz": {"get": {"summary": "Alive", "responses": _responses("Alive")}},
     "/readyz": {"get": {"summary": "Ready", "responses": _responses("Ready", 503)}},
     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
@@ -208,6 +221,10 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 PATHS["/v1/jobs"]["post"]["responses"]["202"]["links"] = _links("job", "job_id")
 PATHS["/v1/batches"]["post"]["responses"]["202"]["links"] = _links("batch", "batch_id")
+# With `stream: true` these answer OpenAI's image stream (Server-Sent Events) instead of JSON.
+for _path in ("/v1/images/generations", "/v1/images/edits"):
+    PATHS[_path]["post"]["responses"]["200"]["content"] = {"application/json": {},
+                                                           "text/event-stream": {}}
 
 
 @functools.cache

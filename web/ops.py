@@ -25,8 +25,6 @@ def worker_healthy(services: Services) -> bool:
 async def readiness(services: Services) -> dict[str, bool]:
     return {
         "models_loaded": bool(services.engine.pipelines),
-        # Placed on their devices, compiled ones warmed up at every size and batch bucket.
-        "models_warm": services.engine.warm,
         "worker_healthy": worker_healthy(services),
         "store_reachable": await services.store.ping(),
         "accepting_work": not services.draining,
@@ -60,8 +58,21 @@ STORE_MEDIUM = {
 }
 
 
+def tenancy_manifest(services: Services) -> dict[str, object]:
+    shared = services.settings.shared_redis_url is not None
+    return {
+        "required": services.tenancy.keys_required,
+        "stored": "a SHA-256 hash of each key (never the key), its id, name, models, limits, "
+                  "and when it was created, expires and was revoked",
+        "medium": "the shared Redis server" if shared else "a keys file of hashes, mode 0600",
+        "kept": "until the operator removes it; a revoked key stays listed as revoked",
+        "logged": "the key's id only",
+    }
+
+
 async def privacy(request: Request) -> JSONResponse:
     services = services_of(request)
+    shared = services.settings.shared_redis_url is not None
     policy = await services.retention.get()
     store = services.store
     return JSONResponse({
@@ -87,6 +98,12 @@ async def privacy(request: Request) -> JSONResponse:
                  "content_logged": False},
         "capability_urls": {"token_bits": 192, "store_keyed_by": "sha256 of the token"},
         "outbound_calls": False,
+        "api_keys": tenancy_manifest(services),
+        "usage": {"kept": "per key, day and model: requests, images, device seconds and cost; "
+                          "never a prompt or an image",
+                  "retention_days": services.settings.usage_retention_days,
+                  "medium": "the shared Redis server" if shared else
+                            "process memory of this server only; lost on restart"},
         "bulk": {"inputs_on_disk": "encrypted, until the batch has run",
                  "encrypted_at_rest": "AES-GCM, one key per batch, in memory only",
                  "unreadable_after_restart": True,

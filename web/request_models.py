@@ -200,6 +200,29 @@ class RetentionUpdate(RequestModel):
                                            "already stored to the new limits.")
 
 
+class KeyCreate(RequestModel):
+    """POST /admin/keys: a new API key; limits left out are unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=100,
+                               description="Who or what the key is for (shown in lists).")]
+    models: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, min_length=1, description="The served models it may use; all when absent.")
+    expires_at: Annotated[float, Field(allow_inf_nan=False)] | Annotated[
+        str, Field(max_length=64)] | None = Field(
+        None, description="When it stops working: Unix seconds or ISO 8601 (UTC when no "
+        "zone is given); never when absent.")
+    requests_per_minute: Annotated[int, Field(ge=1, le=10**9), WHOLE_NUMBER] | None = Field(
+        None, description="Generation calls (every POST under /v1) in any 60 seconds.")
+    max_concurrent: Annotated[int, Field(ge=1, le=10**6), WHOLE_NUMBER] | None = Field(
+        None, description="Generations queued or running at once.")
+    device_seconds_per_day: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)
+                                      ] | None = Field(
+        None, description="Device time per UTC day; a request is admitted while the "
+        "day's use is below it.")
+
+
 RequestModelT = TypeVar("RequestModelT", bound=RequestModel)
 
 
