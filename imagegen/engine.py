@@ -1,15 +1,20 @@
-"""The loaded models and the worker of each device: what the service submits to."""
+"""The loaded models, each device's worker and model manager: what the service submits to."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
 
+import torch
+
 from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
+from imagegen.families import check_offered
+from imagegen.model_manager import ModelEvents, ModelManager, ModelState, budget_bytes
 from imagegen.pipelines.base import TextToImagePipeline
-from imagegen.registry import ModelSpec
+from imagegen.registry import DeviceSpec, ModelSpec, resolve_device
+from imagegen.speed import compilations
 from imagegen.types import GenerationRequest, Progress, QueueEvent
-from imagegen.worker import JobCanceled, Worker
+from imagegen.worker import JobCanceled, Worker, load_failure
 
 __all__ = ["Engine", "QueueFull"]
 
@@ -22,32 +27,79 @@ class Engine:
         queue_size: int,
         on_micro_batch: Callable[[int, float], None] | None = None,
         micro_batch_wait: float = 0.0,
+        devices: Mapping[str, DeviceSpec] | None = None,
+        weights: Mapping[str, TextToImagePipeline] | None = None,
+        events: ModelEvents | None = None,
+        on_compile: Callable[[bool], None] | None = None,
     ) -> None:
+        """`pipelines` are what the workers call; `weights` the same models unwrapped,
+        which the model managers move (tests wrap pipelines to inject faults)."""
         self.specs = dict(specs)
         self.pipelines = dict(pipelines)
-        by_device: dict[str, dict[str, TextToImagePipeline]] = {}
-        for name, pipeline in self.pipelines.items():
-            by_device.setdefault(str(pipeline.device), {})[name] = pipeline
+        weights = weights or pipelines
+        self.on_compile = on_compile  # (after warm-up?) per dynamo compilation, for metrics
+        by_device: dict[str, list[str]] = {}
+        for name in self.pipelines:
+            by_device.setdefault(str(resolve_device(self.specs[name])), []).append(name)
         self._batchers: dict[str, Batcher] = {}
         self._workers: dict[str, Worker] = {}
-        for device, device_pipelines in by_device.items():
+        self._models: dict[str, ModelManager] = {}
+        for device, names in by_device.items():
+            home = torch.device(device)
+            models = ModelManager(home, {name: weights[name] for name in names},
+                                  budget_bytes(home, (devices or {}).get(device)), events)
             batcher = Batcher(queue_size, self._max_batch, micro_batch_wait)
             self._batchers[device] = batcher
-            self._workers[device] = Worker(device, batcher, device_pipelines, on_micro_batch)
+            self._models[device] = models
+            self._workers[device] = Worker(device, batcher,
+                                           {name: self.pipelines[name] for name in names},
+                                           models, self.specs, on_micro_batch)
 
     def _max_batch(self, model: str) -> int:
         return self.specs[model].max_batch
 
+    def _device_of(self, model: str) -> str:
+        return str(resolve_device(self.specs[model]))
+
     def _batcher_for(self, model: str) -> Batcher:
-        return self._batchers[str(self.pipelines[model].device)]
+        return self._batchers[self._device_of(model)]
+
+    def models_of(self, model: str) -> ModelManager:
+        """The manager of the device `model` runs on."""
+        return self._models[self._device_of(model)]
+
+    def model_state(self, model: str) -> ModelState:
+        return self.models_of(model).state(model)
+
+    def load_model(self, model: str) -> None:
+        """Into device memory now (blocking; waits for the batch running on the device)."""
+        try:
+            self.models_of(model).load(model)
+        except Exception as exc:
+            raise load_failure(exc) from None
+
+    def offload_model(self, model: str) -> None:
+        """Out to CPU RAM now (blocking); the next request for it brings it back."""
+        self.models_of(model).offload(model)
+
+    @property
+    def warm(self) -> bool:
+        """Models placed and every compiled one warmed up, on every device."""
+        return all(worker.warm.is_set() for worker in self._workers.values())
+
+    def _compiled(self) -> None:
+        if self.on_compile is not None:
+            self.on_compile(self.warm)
 
     def start(self) -> None:
+        compilations.subscribe(self._compiled)
         for worker in self._workers.values():
             worker.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         for worker in self._workers.values():
             worker.stop(timeout)
+        compilations.unsubscribe(self._compiled)
 
     def healthy(self, stuck_after_seconds: float) -> bool:
         """Every worker thread runs, and none has been inside one batch for too long."""
@@ -71,10 +123,13 @@ class Engine:
         timeout_seconds: float | None = None,
         on_queue: Callable[[QueueEvent], None] | None = None,
     ) -> Ticket:
-        """Queue a request. Raises QueueFull when its device's queue is full.
+        """Queue a request. Raises QueueFull when its device's queue is full, and
+        RequestRefused when its model cannot do what it asks.
 
         The ticket's position and start are pushed to on_queue as they change.
         """
+        spec = self.specs[request.params.model]
+        check_offered(spec.name, spec.traits, request)
         ticket = Ticket(request=request, lane=lane, timeout_seconds=timeout_seconds,
                         on_progress=on_progress, on_queue=on_queue)
         self._batcher_for(request.params.model).submit(ticket)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from imagegen.families import SHAPES, SHAPES_FAMILY, Family, FamilyError, family_of_directory
 from imagegen.pipelines.base import TextToImagePipeline
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded" / "shapes"
 EMBEDDED_MODEL_NAME = "shapes"
 
-FAMILIES = ("shapes", "stable-diffusion")
+# `family` in models.toml is optional: a directory's model_index.json says which family
+# it is (the embedded kind, or one of diffusers'); a family named there must agree.
+DIFFUSERS = "diffusers"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,9 +41,41 @@ class ModelSpec:
     max_batch: int = 8
     description: str = ""
     examples: tuple[str, ...] = field(default=())
+    # What this model's family passes differently (imagegen.families), with the
+    # models.toml overrides (scheduler, max_sequence_length) applied.
+    traits: Family = SHAPES_FAMILY
+    # Speed (imagegen/speed.py): attention implementation, torch.compile (regional
+    # where the family has repeated blocks), channels_last, fused QKV projections.
+    attention: str = "sdpa"
+    compile: bool = False
+    compile_mode: str = "default"
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    # Batch sizes a compiled model runs at (others are padded up to one); () = powers of 2.
+    batch_buckets: tuple[int, ...] = ()
 
     def allows_size(self, width: int, height: int) -> bool:
         return (width, height) in self.sizes
+
+    def buckets(self) -> tuple[int, ...]:
+        """Images per pipeline call a compiled model is warmed up for (ascending)."""
+        if self.batch_buckets:
+            return tuple(sorted(set(self.batch_buckets)))
+        powers = [size for size in (1, 2, 4, 8, 16, 32, 64) if size < self.max_batch]
+        return (*powers, self.max_batch)
+
+    def bucket_for(self, images: int) -> int:
+        """The smallest bucket that holds `images` (a compiled graph exists for it)."""
+        return next((b for b in self.buckets() if b >= images), images)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """`[devices."cuda:0"]` in models.toml: how much of a device the models may use."""
+
+    name: str
+    memory_budget_mb: float | None = None  # None: measured free memory minus the reserve
+    memory_reserve_mb: float | None = None  # None: imagegen.model_manager's default
 
 
 def embedded_spec() -> ModelSpec:
@@ -48,7 +83,7 @@ def embedded_spec() -> ModelSpec:
     return ModelSpec(
         name=EMBEDDED_MODEL_NAME,
         path=EMBEDDED_MODEL_DIR,
-        family="shapes",
+        family=SHAPES,
         dtype="float32",
         device="auto",
         sizes=((32, 32), (64, 64), (128, 128), (256, 256)),
@@ -74,17 +109,57 @@ def parse_size(text: str, where: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+# Per-model overrides of the family's row.
+TRAIT_FIELDS = ("scheduler", "max_sequence_length")
+
+
+def _covers(family: str, name: str) -> bool:
+    """`family` names this family, or a prefix of it ("stable-diffusion" covers "-xl", "-3")."""
+    return name == family or name.startswith(family + "-")
+
+
+def _traits(where: str, family: str, path: Path, table: dict[str, Any]) -> Family:
+    """The family row for the directory, checked against `family` and overridden by the table."""
+    from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
+
+    known = (SHAPES, DIFFUSERS, *AUTO_TEXT2IMAGE_PIPELINES_MAPPING)
+    if not any(_covers(family, name) for name in known):
+        raise ModelConfigError(f"{where}.family must be {SHAPES!r}, {DIFFUSERS!r} or a family "
+                               "of diffusers' AutoPipelineForText2Image")
+    try:
+        traits = family_of_directory(path)
+    except FamilyError as exc:
+        raise ModelConfigError(f"{where}.path {exc}") from None
+    if family != DIFFUSERS and not _covers(family, traits.name):
+        raise ModelConfigError(f"{where}.family is {family!r} but the directory holds "
+                               f"a {traits.name!r} pipeline")
+    scheduler = table.get("scheduler", traits.scheduler)
+    if scheduler is not None:
+        import diffusers
+
+        if not (isinstance(scheduler, str) and scheduler.endswith("Scheduler")
+                and hasattr(diffusers, scheduler)):
+            raise ModelConfigError(f"{where}.scheduler must name a diffusers scheduler class")
+    length = table.get("max_sequence_length", traits.max_sequence_length)
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                               or length < 1):
+        raise ModelConfigError(f"{where}.max_sequence_length must be a positive integer")
+    return replace(traits, scheduler=scheduler, max_sequence_length=length)
+
+
 def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelSpec:
     where = f"models.{name}"
-    known = set(ModelSpec.__dataclass_fields__) - {"name"}
+    if not isinstance(table, dict):
+        raise ModelConfigError(f"{where} must be a table")
+    known = (set(ModelSpec.__dataclass_fields__) | set(TRAIT_FIELDS)) - {"name", "traits"}
     unknown = set(table) - known
     if unknown:
         raise ModelConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
     if "path" not in table:
         raise ModelConfigError(f"{where}.path is required")
-    family = table.get("family", "stable-diffusion")
-    if family not in FAMILIES:
-        raise ModelConfigError(f"{where}.family must be one of {', '.join(FAMILIES)}")
+    family = table.get("family", DIFFUSERS)
+    if not isinstance(family, str):
+        raise ModelConfigError(f"{where}.family must be a string")
     dtype = table.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ModelConfigError(f"{where}.dtype must be one of {', '.join(DTYPES)}")
@@ -93,19 +168,24 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
         path = base_dir / path
     if not path.is_dir():
         raise ModelConfigError(f"{where}.path is not a local directory")
+    traits = _traits(where, family, path, table)
     sizes = tuple(parse_size(s, f"{where}.sizes") for s in table.get("sizes", ["512x512"]))
     default_size = parse_size(table["default_size"], f"{where}.default_size") if (
         "default_size" in table
     ) else sizes[0]
     if default_size not in sizes:
         raise ModelConfigError(f"{where}.default_size must be one of sizes")
-    fields = {k: v for k, v in table.items()
-              if k not in ("path", "family", "sizes", "default_size")}
-    if "examples" in fields:
-        fields["examples"] = tuple(fields["examples"])
+    # The family's own defaults unless the table sets them.
+    fields: dict[str, Any] = {"default_steps": traits.default_steps,
+                              "default_guidance": traits.default_guidance}
+    fields.update({k: v for k, v in table.items()
+                   if k not in ("path", "family", "sizes", "default_size", *TRAIT_FIELDS)})
+    for listed in ("examples", "batch_buckets"):
+        if isinstance(fields.get(listed), list):
+            fields[listed] = tuple(fields[listed])
     try:
-        spec = ModelSpec(name=name, path=path, family=family, sizes=sizes,
-                         default_size=default_size, **fields)
+        spec = ModelSpec(name=name, path=path, family=traits.name, sizes=sizes,
+                         default_size=default_size, traits=traits, **fields)
     except TypeError as exc:  # a value of the wrong type; the message holds only field names
         raise ModelConfigError(f"{where}: {exc}") from None
     for limit in ("default_steps", "max_steps", "max_n", "max_batch"):
@@ -114,7 +194,38 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
             raise ModelConfigError(f"{where}.{limit} must be a positive integer")
     if spec.default_steps > spec.max_steps:
         raise ModelConfigError(f"{where}.default_steps must not exceed max_steps")
+    _check_speed(spec, where)
     return spec
+
+
+ATTENTION = ("sdpa", "eager")  # or a backend of diffusers' attention dispatcher
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_speed(spec: ModelSpec, where: str) -> None:
+    for flag in ("compile", "channels_last", "fuse_qkv"):
+        if not isinstance(getattr(spec, flag), bool):
+            raise ModelConfigError(f"{where}.{flag} must be true or false")
+    if spec.compile_mode not in COMPILE_MODES:
+        raise ModelConfigError(f"{where}.compile_mode must be one of {', '.join(COMPILE_MODES)}")
+    if spec.attention not in ATTENTION:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        if spec.attention not in {backend.value for backend in AttentionBackendName}:
+            raise ModelConfigError(f"{where}.attention must be sdpa, eager or a diffusers "
+                                   "attention backend such as flash or _native_cudnn")
+    buckets = spec.batch_buckets
+    if not all(isinstance(b, int) and 1 <= b <= spec.max_batch for b in buckets) or (
+            buckets and max(buckets) != spec.max_batch):
+        raise ModelConfigError(f"{where}.batch_buckets must be sizes from 1 up to max_batch, "
+                               "the largest equal to max_batch")
+
+
+def _read_models_file(models_file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(models_file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelConfigError(f"models file cannot be read: {type(exc).__name__}") from None
 
 
 def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
@@ -122,10 +233,7 @@ def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
     specs = {EMBEDDED_MODEL_NAME: embedded_spec()}
     if models_file is None:
         return specs
-    try:
-        document = tomllib.loads(models_file.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ModelConfigError(f"models file cannot be read: {type(exc).__name__}") from None
+    document = _read_models_file(models_file)
     tables = document.get("models", {})
     if not isinstance(tables, dict):
         raise ModelConfigError("models must be a table of [models.<name>] entries")
@@ -134,23 +242,72 @@ def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:
     return specs
 
 
+def canonical_device(name: str) -> torch.device:
+    """"cuda" means the current CUDA device: one name per device, "cuda:0" say."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available()
+                            else 0)
+    return device
+
+
+def load_devices(models_file: Path | None) -> dict[str, DeviceSpec]:
+    """The `[devices."NAME"]` tables of models_file, by canonical device name."""
+    if models_file is None:
+        return {}
+    tables = _read_models_file(models_file).get("devices", {})
+    if not isinstance(tables, dict):
+        raise ModelConfigError('devices must be a table of [devices."<name>"] entries')
+    devices = {}
+    for name, table in tables.items():
+        where = f"devices.{name}"
+        try:
+            device = str(canonical_device(name))
+        except RuntimeError:
+            raise ModelConfigError(f"{where}: not a torch device name such as cuda:0 or cpu"
+                                   ) from None
+        if not isinstance(table, dict):
+            raise ModelConfigError(f"{where} must be a table")
+        unknown = set(table) - {"memory_budget_mb", "memory_reserve_mb"}
+        if unknown:
+            raise ModelConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
+                    key == "memory_budget_mb" and value == 0):
+                raise ModelConfigError(f"{where}.{key} must be a positive number of MB")
+        devices[device] = DeviceSpec(device, table.get("memory_budget_mb"),
+                                     table.get("memory_reserve_mb"))
+    return devices
+
+
 def resolve_device(spec: ModelSpec) -> torch.device:
+    """The device a model runs on (its home; it may wait offloaded in CPU RAM)."""
     if spec.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec.device)
+        return canonical_device("cuda" if torch.cuda.is_available() else "cpu")
+    device = canonical_device(spec.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelConfigError(f"models.{spec.name}.device is cuda but no GPU is visible")
     return device
 
 
-def load_pipeline(spec: ModelSpec) -> TextToImagePipeline:
-    """Load a model from its local directory; never touches the network."""
-    device = resolve_device(spec)
+def load_pipeline(spec: ModelSpec, device: torch.device | None = None) -> TextToImagePipeline:
+    """Load a model from its local directory; never touches the network.
+
+    `device` overrides where the weights go first (the model manager loads to
+    the CPU and moves them to the model's device when it has room there).
+    The speed settings of the spec are applied before anything runs.
+    """
+    from imagegen.speed import apply_speed_settings
+
+    device = device or resolve_device(spec)
     dtype = DTYPES[spec.dtype]
-    if spec.family == "shapes":
+    if spec.family == SHAPES:
         from imagegen.pipelines.shapes import load_shapes_pipeline
 
-        return load_shapes_pipeline(spec.path, device, dtype)
-    from imagegen.pipelines.stable_diffusion import load_stable_diffusion_pipeline
+        pipeline: TextToImagePipeline = load_shapes_pipeline(spec.path, device, dtype)
+    else:
+        from imagegen.pipelines.auto import load_diffusers_pipeline
 
-    return load_stable_diffusion_pipeline(spec.path, device, dtype)
+        pipeline = load_diffusers_pipeline(spec.path, spec.traits, device, dtype)
+    apply_speed_settings(spec, pipeline)
+    return pipeline

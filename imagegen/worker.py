@@ -2,7 +2,9 @@
 
 It reports step progress, honours cancellation and deadlines, times the device
 cost of each request, and recovers from out-of-memory by retrying once at a
-smaller batch.
+smaller batch. Before a batch runs, the device's model manager brings its
+model into device memory (requests wait in the queue meanwhile). At start it
+warms up every compiled model at each of its sizes and batch buckets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from PIL import Image
 
 from imagegen.batcher import Batcher, Ticket
+from imagegen.model_manager import ModelManager
 from imagegen.pipelines.base import Cancelled, TextToImagePipeline
+from imagegen.registry import ModelSpec
 from imagegen.types import GenerationResult, Progress
 
 log = logging.getLogger("imagegen.worker")
@@ -47,6 +51,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def load_failure(exc: Exception) -> Exception:
+    """What a failed move of a model onto its device means to the requests waiting for it."""
+    return DeviceOutOfMemory() if _is_out_of_memory(exc) else PipelineFailed()
+
+
 def latents_preview(latents: torch.Tensor, index: int) -> torch.Tensor:
     """A cheap RGB look at one image's latents: first three channels, scaled to [0, 1]."""
     x = latents[index, :3].float()
@@ -61,19 +70,31 @@ class Worker:
         name: str,
         batcher: Batcher,
         pipelines: Mapping[str, TextToImagePipeline],
+        models: ModelManager,
+        specs: Mapping[str, ModelSpec],
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.name = name
         self.batcher = batcher
         self.pipelines = pipelines
+        self.models = models
+        self.specs = specs
         self.on_batch = on_batch  # (images in batch, device seconds), for metrics
         self.busy_since: float | None = None
+        self.warm = threading.Event()  # set once models are placed and compiled ones warmed up
         self._gave_way = False  # the running bulk batch stopped for interactive work
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
 
     def start(self) -> None:
+        # Placed before the thread starts: ready at once when nothing is compiled.
+        self.models.fill()
+        if not self._compiled():
+            self.warm.set()
         self._thread.start()
+
+    def _compiled(self) -> list[str]:
+        return [name for name in self.pipelines if self.specs[name].compile]
 
     @property
     def alive(self) -> bool:
@@ -85,6 +106,39 @@ class Worker:
         self._stopping.set()
         self._thread.join(timeout)
 
+    def _run(self) -> None:
+        try:
+            for name in self._compiled():
+                self._warm_up(name)
+        finally:
+            self.warm.set()
+        self._loop()
+
+    def _warm_up(self, name: str) -> None:
+        """Compile each (size, bucket) now, so that no request waits for a compilation."""
+        spec = self.specs[name]
+        prompt = spec.examples[0] if spec.examples else "a photograph"
+        started = time.perf_counter()
+        try:
+            with self.models.use(name), torch.inference_mode():
+                for width, height in spec.sizes:
+                    for bucket in spec.buckets():
+                        self.pipelines[name](
+                            [prompt] * bucket, negative_prompts=[None] * bucket,
+                            generators=[self._generator(0) for _ in range(bucket)],
+                            width=width, height=height, num_inference_steps=2,
+                            guidance_scale=spec.default_guidance)
+        except Exception as exc:
+            # Its requests will fail alike, each with its own error; the rest serve.
+            log.error("warm-up failed",
+                      extra={"fields": {"model": name}, "error_type": type(exc).__name__})
+            return
+        log.info("warmed up", extra={"fields": {
+            "model": name, "seconds": round(time.perf_counter() - started, 1)}})
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.models.device).manual_seed(seed)
+
     def _loop(self) -> None:
         while True:
             batch = self.batcher.take(timeout=0.2)
@@ -94,9 +148,18 @@ class Worker:
                 continue
             self.busy_since = time.monotonic()
             try:
-                self._run_batch(batch, allow_split=True)
+                self._run_on_device(batch)
             finally:
                 self.busy_since = None
+
+    def _run_on_device(self, batch: list[Ticket]) -> None:
+        try:
+            with self.models.use(batch[0].request.params.model):
+                self._run_batch(batch, allow_split=True)
+        except Exception as exc:  # the model could not be moved onto the device
+            log.error("model load failed", extra={"error_type": type(exc).__name__})
+            for ticket in batch:
+                _fail(ticket, load_failure(exc))
 
     def _run_batch(self, batch: list[Ticket], allow_split: bool) -> None:
         batch = [t for t in batch if not self._settle_canceled(t)]
@@ -148,6 +211,7 @@ class Worker:
     def _sample(self, batch: list[Ticket]) -> list[GenerationResult]:
         params = batch[0].request.params
         pipeline = self.pipelines[params.model]
+        spec = self.specs[params.model]
         prompts: list[str] = []
         negatives: list[str | None] = []
         generators: list[torch.Generator] = []
@@ -159,11 +223,20 @@ class Worker:
             for offset in range(request.num_images):
                 prompts.append(request.prompt)
                 negatives.append(request.negative_prompt)
-                generator = torch.Generator(device=pipeline.device)
-                generators.append(generator.manual_seed(request.seed + offset))
+                generators.append(self._generator(request.seed + offset))
                 init_images.append(request.init_image)
                 mask_images.append(request.mask_image)
                 owners.append(index)
+        images = len(prompts)
+        if spec.compile:
+            # Up to the batch size its graph was compiled for; the extra images are dropped.
+            for _ in range(spec.bucket_for(images) - images):
+                prompts.append(prompts[0])
+                negatives.append(negatives[0])
+                generators.append(self._generator(0))
+                init_images.append(init_images[0])
+                mask_images.append(mask_images[0])
+                owners.append(-1)
 
         def step_callback(step: int, total: int, latents: torch.Tensor) -> bool:
             if self.batcher.should_yield(batch):
@@ -206,11 +279,11 @@ class Worker:
                 strength=batch[0].request.strength,
                 step_callback=step_callback,
             )
-        if pipeline.device.type == "cuda":
-            torch.cuda.synchronize(pipeline.device)
+        if self.models.device.type == "cuda":
+            torch.cuda.synchronize(self.models.device)
         elapsed = time.perf_counter() - started
         if self.on_batch is not None:
-            self.on_batch(len(prompts), elapsed)
+            self.on_batch(images, elapsed)
         results = []
         for index, ticket in enumerate(batch):
             mine = [i for i, owner in enumerate(owners) if owner == index]
@@ -220,8 +293,8 @@ class Worker:
                     images=[output.images[i] for i in mine],
                     seed=ticket.request.seed,
                     # Each request pays its share of the batch's device time.
-                    device_seconds=elapsed * len(mine) / len(prompts),
-                    micro_batch_size=len(prompts),
+                    device_seconds=elapsed * len(mine) / images,
+                    micro_batch_size=images,
                     ignored_words=output.ignored_words[mine[0]],
                 )
             )

@@ -28,7 +28,7 @@ for set in "${sets[@]}"; do
   case "$set" in
     store)
       modules+=(store/*.py)
-      tests+=(tests/store tests/test_store_full.py tests/test_retention_api.py) ;;
+      tests+=(tests/store tests/test_retention_api.py) ;;
     web)
       modules+=(web/request_log.py web/errors.py web/admin.py web/image_inputs.py)
       [ -f web/multipart.py ] && modules+=(web/multipart.py)

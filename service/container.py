@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from imagegen.encode import Encoder
 from imagegen.engine import Engine
+from imagegen.model_manager import OFFLOAD_DEVICE, ModelEvents
 from imagegen.pipelines.base import TextToImagePipeline
-from imagegen.registry import EMBEDDED_MODEL_NAME, load_pipeline, load_specs
+from imagegen.registry import EMBEDDED_MODEL_NAME, load_devices, load_pipeline, load_specs
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tenancy import Limits, Tenancy
@@ -80,12 +81,17 @@ def initial_policy(settings: Settings) -> RetentionPolicy:
 def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None) -> Engine:
     """Load every model (blocking: start-up only)."""
     specs = load_specs(settings.models)
-    pipelines: Mapping[str, TextToImagePipeline] = {
-        name: load_pipeline(spec) for name, spec in specs.items()}
+    # Into CPU RAM; each device's worker moves what fits its budget onto the device.
+    weights: Mapping[str, TextToImagePipeline] = {
+        name: load_pipeline(spec, OFFLOAD_DEVICE) for name, spec in specs.items()}
+    pipelines = weights
     if wrap is not None:
-        pipelines = {name: wrap(name, pipeline) for name, pipeline in pipelines.items()}
+        pipelines = {name: wrap(name, pipeline) for name, pipeline in weights.items()}
     return Engine(specs, pipelines, settings.queue_size, on_micro_batch=metrics.micro_batch_done,
-                  micro_batch_wait=settings.batch_wait)
+                  micro_batch_wait=settings.batch_wait, devices=load_devices(settings.models),
+                  weights=weights,
+                  events=ModelEvents(loaded=metrics.model_loaded, evicted=metrics.model_evicted),
+                  on_compile=metrics.compiled)
 
 
 def create_tenancy(settings: Settings, clock: Clock) -> Tenancy:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imagegen.batcher import QueueFull
+from imagegen.pipelines.base import RequestRefused
 from imagegen.worker import DeadlineExceeded, DeviceOutOfMemory, JobCanceled, PipelineFailed
 from store import StoreFull, StoreUnavailable
 
@@ -30,6 +31,7 @@ __all__ = [
     "JobNotFound",
     "PipelineFailed",
     "QueueFull",
+    "RequestRefused",
     "ServiceError",
     "StoreFull",
     "StoreUnavailable",
@@ -133,6 +135,8 @@ def failure_of(exc: BaseException) -> Failure | None:
     """The client-safe description of a known error; None for anything unexpected."""
     if isinstance(exc, ServiceError):
         return exc.failure
+    if isinstance(exc, RequestRefused):  # its message names only the model and the field
+        return Failure("invalid_value", exc.message, exc.param)
     for kind, failure in _BELOW.items():
         if isinstance(exc, kind):
             return failure

@@ -40,6 +40,22 @@ class Metrics:
         self.deletion_lag = Histogram("imagegen_deletion_lag_seconds",
                                       "Time from expiry to physical removal",
                                       buckets=LAG_BUCKETS, registry=r)
+        self.model_loads = Counter("imagegen_model_loads", "Models moved into device memory",
+                                   ["model"], registry=r)
+        self.model_evictions = Counter("imagegen_model_evictions",
+                                       "Models moved out of device memory to CPU RAM",
+                                       ["model"], registry=r)
+        self.model_load_seconds = Histogram("imagegen_model_load_seconds",
+                                            "Time to move a model into device memory",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.model_eviction_seconds = Histogram("imagegen_model_eviction_seconds",
+                                                "Time to move a model out to CPU RAM",
+                                                buckets=LATENCY_BUCKETS, registry=r)
+        self.warmup_compiles = Counter("imagegen_warmup_compiles",
+                                       "torch.compile compilations during warm-up", registry=r)
+        self.recompiles = Counter("imagegen_recompiles",
+                                  "torch.compile compilations after warm-up (should stay 0)",
+                                  registry=r)
         self.webhook_attempts = Counter("imagegen_webhook_attempts",
                                         "Webhook delivery attempts, by result", ["result"],
                                         registry=r)
@@ -59,6 +75,17 @@ class Metrics:
         """Called from a worker thread; prometheus_client is thread-safe."""
         self.batch_size.observe(images)
         self.device_seconds.observe(device_seconds)
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        self.model_loads.labels(model=model).inc()
+        self.model_load_seconds.observe(seconds)
+
+    def model_evicted(self, model: str, seconds: float) -> None:
+        self.model_evictions.labels(model=model).inc()
+        self.model_eviction_seconds.observe(seconds)
+
+    def compiled(self, after_warm_up: bool) -> None:
+        (self.recompiles if after_warm_up else self.warmup_compiles).inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """Every request; the labelled child is kept, as labels() is slow per call."""

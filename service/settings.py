@@ -40,6 +40,12 @@ class Settings:
     public_url: str | None = None
     # Hard caps on what a client may send.
     max_body_bytes: int = 16 * 1024 * 1024
+    # Seconds a client has to send its request's headers, and its body: slower is a 408.
+    client_timeout: float = 60.0
+    # Requests receiving a body at once (a burst of small ones must fit), and the bytes
+    # held for them; beyond either, a 503.
+    max_receiving_bodies: int = 256
+    max_buffered_body_bytes: int = 128 * 1024 * 1024
     request_timeout: float = 120.0
     log_level: str = "INFO"
     # "keys": every /v1 call needs an API key (see service/tenancy); "none": a local tool.
@@ -89,13 +95,17 @@ class Settings:
                 raise SettingsError(f"{self.env_name(name)} must be greater than 0")
 
         for name in ("ttl", "max_ttl", "sweep_interval", "store_max_bytes", "queue_size",
-                     "batch_retention", "max_body_bytes", "request_timeout",
-                     "usage_retention_days", "webhook_retry_seconds"):
+                     "batch_retention", "max_body_bytes", "request_timeout", "client_timeout",
+                     "max_receiving_bodies", "max_buffered_body_bytes", "usage_retention_days",
+                     "webhook_retry_seconds"):
             positive(name)
         if not 0 <= self.batch_wait <= 1:
             raise SettingsError("IMAGEGEN_BATCH_WAIT must be between 0 and 1 (seconds)")
         if not 0 < self.port < 65536:
             raise SettingsError("IMAGEGEN_PORT must be between 1 and 65535")
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise SettingsError("IMAGEGEN_MAX_BUFFERED_BODY_BYTES must be at least "
+                                "IMAGEGEN_MAX_BODY_BYTES")
         if self.ttl > self.max_ttl:
             raise SettingsError("IMAGEGEN_TTL must not exceed IMAGEGEN_MAX_TTL")
         if self.store not in ("memory", "disk", "redis"):

@@ -15,6 +15,7 @@ import uvicorn
 
 from service.settings import Settings
 from web.app import create_app
+from web.server import uvicorn_config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 CANARY = "zebracanary7319"
@@ -70,8 +71,7 @@ def live_server(settings: Settings | None = None, **create_kwargs: Any) -> Itera
     """A real uvicorn on 127.0.0.1 in a background thread."""
     port = free_port()
     settings = (settings or make_settings()).with_changes(port=port)
-    config = uvicorn.Config(create_app(settings, **create_kwargs), host="127.0.0.1", port=port,
-                            access_log=False, log_config=None, lifespan="on")
+    config = uvicorn_config(create_app(settings, **create_kwargs), settings, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

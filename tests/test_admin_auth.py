@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import ADMIN_TOKEN, make_settings, running_app
 
-ROUTES = [("GET", "/admin/retention"), ("PUT", "/admin/retention"), ("GET", "/admin/stats")]
+ROUTES = [("GET", "/admin/retention"), ("PUT", "/admin/retention"), ("GET", "/admin/stats"),
+          ("POST", "/admin/models/shapes/load"), ("POST", "/admin/models/shapes/offload")]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)

@@ -165,3 +165,31 @@ async def test_odd_last_event_ids(client: httpx.AsyncClient, last_event_id: str)
         async for line in response.aiter_lines():
             if line.startswith("event: succeeded"):
                 break
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/v1/jobs/job_x", "DELETE, GET, HEAD"),
+    ("POST", "/v1/batches/batch_x", "DELETE, GET, HEAD"),
+    ("POST", "/admin/retention", "GET, HEAD, PUT"),
+    ("PATCH", "/i/token.png", "DELETE, GET, HEAD"),
+    ("GET", "/v1/jobs", "POST"),
+])
+async def test_405_allow_is_truthful(client: httpx.AsyncClient, method: str, path: str,
+                                     allow: str) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+
+
+async def test_json_with_urls_is_not_cached(client: httpx.AsyncClient) -> None:
+    made = await client.post("/v1/images/generations", json={
+        "prompt": "a red circle", "size": "32x32", "num_inference_steps": 2})
+    assert made.headers["cache-control"] == "no-store"
+    job = await client.post("/v1/jobs", json={"prompt": "a red circle", "width": 32,
+                                              "height": 32, "num_inference_steps": 2})
+    assert job.headers["cache-control"] == "no-store"
+    status = await client.get(f"/v1/jobs/{job.json()['id']}")
+    assert status.headers["cache-control"] == "no-store"
+    # An image keeps its own caching headers.
+    image = await client.get(made.json()["data"][0]["url"])
+    assert image.headers["cache-control"].startswith("private, max-age=")

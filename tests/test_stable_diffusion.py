@@ -1,4 +1,4 @@
-"""The stable-diffusion family on toy-size random-weight SD 1.5 and SDXL directories.
+"""The Stable Diffusion families on toy-size random-weight SD 1.5 and SDXL directories.
 
 Also runs the GPU benchmark at toy size on the CPU, as CI does.
 """
@@ -16,11 +16,9 @@ import torch
 from PIL import Image
 
 from bench import random_sd
+from imagegen.pipelines.auto import DiffusersPipeline, load_diffusers_pipeline
 from imagegen.pipelines.base import Cancelled
-from imagegen.pipelines.stable_diffusion import (
-    StableDiffusionFamily,
-    load_stable_diffusion_pipeline,
-)
+from imagegen.registry import load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = random_sd.native_size("sd15", toy=True)
@@ -28,12 +26,15 @@ SIZE = random_sd.native_size("sd15", toy=True)
 
 @pytest.fixture(scope="module", params=random_sd.ARCHITECTURES)
 def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[StableDiffusionFamily]:
+             ) -> Iterator[DiffusersPipeline]:
     directory = random_sd.build(request.param, tmp_path_factory.mktemp(request.param), toy=True)
-    yield load_stable_diffusion_pipeline(directory, torch.device("cpu"), torch.float32)
+    models = directory.parent / "models.toml"
+    models.write_text(f'[models.m]\npath = "{directory}"\n')
+    traits = load_specs(models)["m"].traits
+    yield load_diffusers_pipeline(directory, traits, torch.device("cpu"), torch.float32)
 
 
-def draw(pipeline: StableDiffusionFamily, prompts: list[str], seeds: list[int],
+def draw(pipeline: DiffusersPipeline, prompts: list[str], seeds: list[int],
          **kwargs: object) -> list[Image.Image]:
     output = pipeline(prompts, negative_prompts=[None] * len(prompts),
                       generators=[torch.Generator().manual_seed(s) for s in seeds],
@@ -47,7 +48,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_each_image_depends_on_its_own_seed_not_its_batch(
-        pipeline: StableDiffusionFamily) -> None:
+        pipeline: DiffusersPipeline) -> None:
     alone = draw(pipeline, ["a cat"], [7])
     batched = draw(pipeline, ["a dog", "a cat"], [3, 7])
     assert [im.size for im in batched] == [(SIZE, SIZE)] * 2
@@ -55,7 +56,7 @@ def test_each_image_depends_on_its_own_seed_not_its_batch(
     assert not np.array_equal(pixels(batched[0]), pixels(batched[1]))
 
 
-def test_step_callback_sees_every_step_and_can_cancel(pipeline: StableDiffusionFamily) -> None:
+def test_step_callback_sees_every_step_and_can_cancel(pipeline: DiffusersPipeline) -> None:
     seen: list[tuple[int, int]] = []
 
     def record(step: int, total: int, latents: torch.Tensor) -> bool:
@@ -69,19 +70,20 @@ def test_step_callback_sees_every_step_and_can_cancel(pipeline: StableDiffusionF
 
 
 def test_image_to_image_and_inpainting_share_the_loaded_components(
-        pipeline: StableDiffusionFamily) -> None:
+        pipeline: DiffusersPipeline) -> None:
     init = Image.new("RGB", (SIZE, SIZE), (200, 30, 30))
     mask = Image.new("L", (SIZE, SIZE), 0)
     (varied,) = draw(pipeline, ["a cat"], [1], init_images=[init], strength=0.5)
     (painted,) = draw(pipeline, ["a cat"], [1], init_images=[init], mask_images=[mask],
                       strength=0.5)
     assert varied.size == painted.size == (SIZE, SIZE)
+    assert pipeline.inpaint is not None and pipeline.image2image is not None
     assert pipeline.inpaint.unet is pipeline.text2image.unet
     assert pipeline.image2image.vae is pipeline.text2image.vae
 
 
 def test_inpainting_keeps_what_the_mask_keeps_unlike_image_to_image(
-        pipeline: StableDiffusionFamily) -> None:
+        pipeline: DiffusersPipeline) -> None:
     """The mask matters: outside it the init image is put back at every step, so with nothing
     to repaint the prompt changes nothing, while image-to-image follows the prompt."""
     init = Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), np.uint8))
@@ -102,7 +104,7 @@ def test_inpainting_keeps_what_the_mask_keeps_unlike_image_to_image(
     assert not np.array_equal(varied[0], varied[1])
 
 
-def test_words_past_the_token_limit_are_counted(pipeline: StableDiffusionFamily) -> None:
+def test_words_past_the_token_limit_are_counted(pipeline: DiffusersPipeline) -> None:
     assert pipeline.check_prompt("a cat") == 0
     assert pipeline.check_prompt("word " * 100) > 0
 

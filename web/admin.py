@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 
 from starlette.requests import Request
@@ -12,12 +14,15 @@ from starlette.routing import Route
 from store.retention import RetentionPolicy
 from web.body import read_model
 from web.errors import ApiError, bad_request
+from web.generation_params import find_model
 from web.ops import worker_healthy
 from web.request_models import RetentionUpdate
 from web.routing import services_of
 
 NOT_FOUND = ApiError(404, "Not found.", code="not_found")
 MAX_POLICY_BYTES = 64 * 1024
+
+audit = logging.getLogger("imagegen.audit")
 
 
 def require_admin(request: Request) -> str:
@@ -85,8 +90,32 @@ async def get_stats(request: Request) -> JSONResponse:
     })
 
 
+async def load_model(request: Request) -> JSONResponse:
+    """Move a model into device memory now, evicting the least recently used if needed."""
+    return await _move_model(request, "load")
+
+
+async def offload_model(request: Request) -> JSONResponse:
+    """Move a model out to CPU RAM now; its next request brings it back."""
+    return await _move_model(request, "offload")
+
+
+async def _move_model(request: Request, action: str) -> JSONResponse:
+    actor = require_admin(request)
+    engine = services_of(request).engine
+    spec = find_model(engine.specs, request.path_params["name"], "")
+    move = engine.load_model if action == "load" else engine.offload_model
+    # Blocking: it waits for the batch on the device, then moves the weights.
+    await asyncio.to_thread(move, spec.name)
+    audit.info("model %s: %s by %s", spec.name, action, actor,
+               extra={"fields": {"model": spec.name, "action": action, "actor": actor}})
+    return JSONResponse({"id": spec.name, "state": engine.model_state(spec.name)})
+
+
 routes = [
     Route("/admin/retention", get_retention, methods=["GET"]),
     Route("/admin/retention", put_retention, methods=["PUT"]),
     Route("/admin/stats", get_stats, methods=["GET"]),
+    Route("/admin/models/{name}/load", load_model, methods=["POST"]),
+    Route("/admin/models/{name}/offload", offload_model, methods=["POST"]),
 ]

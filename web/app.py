@@ -27,9 +27,16 @@ from web import (
     webhooks_api,
 )
 from web.auth import Authentication
+from web.body_limits import BodyBudget, BodyLimits
 from web.bulk_runner import BulkRunner
 from web.errors import exception_handlers
 from web.request_log import RequestLogMiddleware
+
+
+def body_budget(settings: Settings) -> BodyBudget:
+    return BodyBudget(max_receiving=settings.max_receiving_bodies,
+                      max_buffered_bytes=settings.max_buffered_body_bytes,
+                      max_body_bytes=settings.max_body_bytes, timeout=settings.client_timeout)
 
 
 def create_app(
@@ -59,6 +66,7 @@ def create_app(
         # ImageHits first: it answers image hits before the other layers.
         # Authentication after the request log: refusals are logged, with the key id.
         middleware=[Middleware(images.ImageHits), Middleware(RequestLogMiddleware),
+                    Middleware(BodyLimits, budget=body_budget(settings)),
                     Middleware(Authentication)],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,

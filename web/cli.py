@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-retention", type=int,
                        help="bulk job retention, seconds (IMAGEGEN_BATCH_RETENTION)")
     serve.add_argument("--public-url", help="base of image URLs (IMAGEGEN_PUBLIC_URL)")
+    serve.add_argument("--client-timeout", type=float,
+                       help="seconds to send headers, and a body (IMAGEGEN_CLIENT_TIMEOUT)")
     serve.add_argument("--webhook-allow",
                        help="CIDRs webhooks may call besides public addresses "
                        "(IMAGEGEN_WEBHOOK_ALLOW)")
@@ -70,17 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from imagegen.registry import load_specs
     from web.app import create_app
     from web.request_log import configure_logging
+    from web.server import uvicorn_config
 
     options = {name: getattr(args, name) for name in (
         "host", "port", "models", "ttl", "max_ttl", "sweep_interval", "store", "store_dir",
         "store_max_bytes", "redis_url", "queue_size", "batch_wait", "batch_retention",
-        "public_url", "auth", "keys_file", "webhook_allow", "webhook_retry_seconds")}
+        "public_url", "client_timeout", "auth", "keys_file", "webhook_allow",
+        "webhook_retry_seconds")}
     settings = Settings.load(**options)
+    # A bad models.toml is one line naming the model and field (ModelConfigError), here,
+    # not a traceback from inside the server's start-up.
+    load_specs(settings.models)
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                access_log=False, log_config=None, server_header=False)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 def generate(args: argparse.Namespace) -> None:

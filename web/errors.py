@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from service import errors as domain
 from service import tenancy
+from web.routing import allowed_methods
 
 RETRY_AFTER_SECONDS = 2
 
@@ -57,6 +58,7 @@ class Status:
 # The one table: each domain error's HTTP status. First match wins, so subclasses go first.
 DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.InvalidInput: Status(400),
+    domain.RequestRefused: Status(400),
     tenancy.MissingKey: Status(401, "authentication_error"),
     tenancy.KeyRejected: Status(403, "permission_error"),
     tenancy.KeyNotFound: Status(404),
@@ -123,8 +125,10 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, "Error.")
-    return error_response(ApiError(exc.status_code, message, code=code,
-                                   headers=dict(exc.headers or {})))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(ApiError(exc.status_code, message, code=code, headers=headers))
 
 
 def exception_handlers() -> dict[type[Exception] | int, object]:

@@ -58,7 +58,7 @@ def images_response(generated: Generated) -> dict[str, object]:
     }
 
 
-def describe_model(spec: ModelSpec, vocabulary: object) -> dict[str, object]:
+def describe_model(spec: ModelSpec, vocabulary: object, state: str) -> dict[str, object]:
     return {
         "id": spec.name,
         "object": "model",
@@ -72,12 +72,14 @@ def describe_model(spec: ModelSpec, vocabulary: object) -> dict[str, object]:
         "limits": {"max_n": spec.max_n, "max_inference_steps": spec.max_steps},
         "examples": list(spec.examples),
         "vocabulary": vocabulary,
+        "state": state,  # resident | offloaded | loading: where its weights are
     }
 
 
 async def list_models(request: Request) -> JSONResponse:
     engine = services_of(request).engine
-    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None))
+    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None),
+                           engine.model_state(name))
             for name, spec in engine.specs.items()]
     return JSONResponse({"object": "list", "data": data})
 
@@ -86,7 +88,8 @@ async def get_model(request: Request) -> JSONResponse:
     engine = services_of(request).engine
     spec = find_model(engine.specs, request.path_params["model"], "")
     return JSONResponse(describe_model(spec, getattr(engine.pipelines[spec.name],
-                                                     "vocabulary", None)))
+                                                     "vocabulary", None),
+                                       engine.model_state(spec.name)))
 
 
 routes = [

@@ -184,6 +184,14 @@ PATHS: dict[str, dict[str, Any]] = {
                 "responses": _responses("Policy", *BODY_ERRORS, *ADMIN_ERRORS)}},
     "/admin/stats": {"get": {"summary": "Store and queue statistics", "security": ADMIN,
                              "responses": _responses("Stats", *ADMIN_ERRORS)}},
+    "/admin/models/{name}/load": {"post": {
+        "summary": "Move a model into device memory now (least recently used ones make room)",
+        "security": ADMIN, "parameters": [_path_param("name")],
+        "responses": _responses("The model's id and state", *ADMIN_ERRORS, 503)}},
+    "/admin/models/{name}/offload": {"post": {
+        "summary": "Move a model out to CPU RAM now; its next request brings it back",
+        "security": ADMIN, "parameters": [_path_param("name")],
+        "responses": _responses("The model's id and state", *ADMIN_ERRORS)}},
     "/admin/keys": {
         "post": {"summary": "Create an API key; the key is in this response only",
                  "security": ADMIN, "requestBody": _json_body(KeyCreate),

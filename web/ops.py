@@ -25,6 +25,8 @@ def worker_healthy(services: Services) -> bool:
 async def readiness(services: Services) -> dict[str, bool]:
     return {
         "models_loaded": bool(services.engine.pipelines),
+        # Placed on their devices, compiled ones warmed up at every size and batch bucket.
+        "models_warm": services.engine.warm,
         "worker_healthy": worker_healthy(services),
         "store_reachable": await services.store.ping(),
         "accepting_work": not services.draining,

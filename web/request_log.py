@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from web.errors import ApiError, error_response
@@ -29,6 +29,10 @@ ALLOWED_FIELDS = frozenset({
     "queue_seconds", "batch_size", "ignored_words", "error_code", "lane", "job_id_hash",
     "key_id",
 })
+
+
+# The status a request that its client abandoned is logged and counted with (as nginx does).
+CLIENT_CLOSED = 499
 
 
 def new_request_id() -> str:
@@ -142,11 +146,20 @@ class RequestLogMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if (b"content-type", b"application/json") in headers and not any(
+                        name == b"cache-control" for name, _ in headers):
+                    # JSON answers may carry capability URLs (images, jobs, batches):
+                    # no cache along the way may keep one.
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client left mid-request (an upload cut short): its business, not an error.
+            status = status or CLIENT_CLOSED
+            log.info("client disconnected", extra={"request_id": request_id})
         except Exception as exc:
             # Type only: the message of an arbitrary exception may quote input.
             log.error("unhandled error", extra={"error_type": type(exc).__name__,

@@ -14,6 +14,16 @@ class PromptError(ValueError):
     """The prompt cannot be drawn by this model (the message never quotes it)."""
 
 
+class RequestRefused(ValueError):
+    """The model cannot do what a request asks (a 400): the message names the model and
+    the capability or adapter, `param` the request field; neither quotes content."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
 @dataclass(slots=True)
 class PipelineOutput:
     images: list[Image.Image]
@@ -22,8 +32,16 @@ class PipelineOutput:
 
 
 class TextToImagePipeline(Protocol):
-    device: torch.device
+    device: torch.device  # where the weights are now (the model manager moves them)
     dtype: torch.dtype
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The model's weights by name ("unet", "text_encoder"...): what is moved and sized."""
+        ...
+
+    def to(self, device: torch.device) -> None:
+        """Move every component to `device` (offload to "cpu", or back); `device` follows."""
+        ...
 
     def check_prompt(self, prompt: str) -> int:
         """Return how many words will be ignored; raise PromptError if nothing is drawable."""

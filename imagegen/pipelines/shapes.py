@@ -111,6 +111,14 @@ class ShapesPipeline:
             i for i, w in enumerate(text_encoder.vocabulary) if w in scenes.CONTENT_WORDS
         }
 
+    def components(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "text_encoder": self.text_encoder}
+
+    def to(self, device: torch.device) -> None:
+        for component in self.components().values():
+            component.to(device)
+        self.device = device
+
     @property
     def trained_steps(self) -> int:
         return int(self.text_encoder.config.trained_steps)

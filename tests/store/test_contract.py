@@ -22,6 +22,7 @@ async def test_put_then_get_returns_the_bytes_and_metadata(
     assert await store.get(token) == (artifact, b"payload")
     assert await store.head(token) == artifact
     assert artifact.seconds_left(clock.now + 45) == 15
+    assert artifact.seconds_left(clock.now + 61) == 0
 
 
 async def test_tokens_are_fresh_and_url_safe(make_store: MakeStore) -> None:
@@ -188,7 +189,10 @@ async def test_shortened_artifact_expires_and_is_swept_once(
     token, artifact = await store.put(b"x", PNG, 100)
     await store.shorten_all(20, now=clock.now + 5)
 
-    clock.tick(25)
+    assert (await store.head(token)).expires_at == clock.now + 25  # type: ignore[union-attr]
+    clock.tick(24.999)
+    assert await store.get(token) is not None  # capped from the given now, not the clock's
+    clock.tick(0.001)
     assert await store.get(token) is None
     assert ids(await store.sweep()) == [artifact.id]
     clock.tick(100)
@@ -216,3 +220,5 @@ async def test_bad_ttl_is_refused(make_store: MakeStore, ttl: float) -> None:
 async def test_ping_and_close(make_store: MakeStore) -> None:
     store = make_store()
     assert await store.ping() is True
+    empty = await store.stats()
+    assert (empty.count, empty.bytes, empty.expired_total, empty.swept_total) == (0, 0, 0, 0)

@@ -140,6 +140,7 @@ async def test_a_retention_change_reaches_every_replica(
     changed = RetentionPolicy(default_ttl_seconds=30, max_ttl_seconds=60)
     started = time.monotonic()
     await one.set(changed, actor="admin")
+    assert one.current == changed  # at once where it was made
     while two.current != changed and time.monotonic() - started < GUARD_SECONDS:
         await asyncio.sleep(0.01)
 
@@ -147,6 +148,7 @@ async def test_a_retention_change_reaches_every_replica(
     assert await two.get() == changed
     audit = [r for r in caplog.records if r.name == "imagegen.audit"]
     assert len(audit) == 1  # logged where the change was made, not once per replica
+    assert "admin" in audit[0].getMessage()  # who made it
     await one.stop()
     await two.stop()
 

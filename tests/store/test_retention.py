@@ -65,6 +65,9 @@ def test_a_model_override_inherits_missing_limits() -> None:
     assert policy.batch_retention_seconds == 3600
 
 
+BASE = {"default_ttl_seconds": 1, "max_ttl_seconds": 2}
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
@@ -88,6 +91,11 @@ def test_a_model_override_inherits_missing_limits() -> None:
             {"default_ttl_seconds": 1, "max_ttl_seconds": 2, "batch_retention_seconds": 0},
             "batch_retention_seconds",
         ),
+        # A model's own fields are named with their full path, whatever is wrong with them.
+        ({**BASE, "models": {"m": 5}}, "models.m must be an object"),
+        ({**BASE, "models": {"m": {"ttl": 1}}}, "models.m.ttl"),
+        ({**BASE, "models": {"m": {"default_ttl_seconds": "1"}}}, "models.m.default_ttl_seconds"),
+        ({**BASE, "models": {"m": {"max_ttl_seconds": True}}}, "models.m.max_ttl_seconds"),
     ],
 )
 def test_a_bad_policy_names_the_field(data: dict, field: str) -> None:

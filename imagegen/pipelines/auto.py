@@ -1,19 +1,23 @@
-"""Stable Diffusion-class models (SD 1.x/2.x, SDXL) from a local diffusers directory.
+"""Any local diffusers text-to-image directory (SD 1.x/2.x, SDXL, SD3, Flux, PixArt, Sana...).
 
-diffusers' auto pipelines pick the right class from the directory's
-model_index.json; image-to-image and inpainting reuse the same loaded
-components (`from_pipe`), so a model is in memory once. Latents are decoded
-to images exactly once, by the pipeline itself (output_type="pil").
+diffusers' auto pipelines pick the class from the directory's model_index.json;
+image-to-image and inpainting reuse the same loaded components (`from_pipe`),
+so a model is in memory once, and exist where the family has them. What the
+call passes differently per family comes from its row in imagegen.families.
+Latents are decoded to images exactly once, by the pipeline itself
+(output_type="pil").
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
@@ -22,43 +26,59 @@ from diffusers import (
 )
 from PIL import Image
 
+from imagegen.families import Family
 from imagegen.pipelines.base import Cancelled, PipelineOutput
 
 StepCallback = Callable[[int, int, torch.Tensor], bool]
-# A diffusers pipeline object (StableDiffusers, StableDiffusionXLPipeline...):
-# their classes are resolved lazily at run time and type-check as untyped.
+# A diffusers pipeline object (StableDiffusionPipeline, FluxPipeline...): their
+# classes are resolved lazily at run time and type-check as untyped.
 Diffusers = Any
 
 
-class StableDiffusionFamily:
-    """Implements `TextToImagePipeline` over a diffusers SD or SDXL pipeline."""
+class DiffusersPipeline:
+    """Implements `TextToImagePipeline` over a diffusers pipeline of any family."""
 
-    def __init__(self, text2image: Diffusers, device: torch.device,
+    def __init__(self, text2image: Diffusers, family: Family, device: torch.device,
                  dtype: torch.dtype) -> None:
         text2image.to(device)
+        self.family = family
         self.text2image = text2image
-        self.image2image = AutoPipelineForImage2Image.from_pipe(text2image)
-        self.inpaint = AutoPipelineForInpainting.from_pipe(text2image)
+        self.image2image = (AutoPipelineForImage2Image.from_pipe(text2image)
+                            if family.image_to_image else None)
+        self.inpaint = (AutoPipelineForInpainting.from_pipe(text2image)
+                        if family.inpainting else None)
         for pipeline in (self.text2image, self.image2image, self.inpaint):
-            pipeline.set_progress_bar_config(disable=True)
+            if pipeline is not None:
+                pipeline.set_progress_bar_config(disable=True)
         self.device = device
         self.dtype = dtype
+        tokenizer = getattr(text2image, family.prompt_tokenizer)
+        self.max_prompt_tokens = family.max_sequence_length or tokenizer.model_max_length
         # A fast tokenizer keeps its padding and truncation settings as state, set
         # on every call: the web layer's check_prompt sharing the pipeline's would
         # change them mid-batch (unpadded negative prompts, a 500). So it has its
         # own copy, and a lock, as check_prompt runs on the event loop and the worker.
-        self._prompt_tokenizer = copy.deepcopy(text2image.tokenizer)
+        self._prompt_tokenizer = copy.deepcopy(tokenizer)
         self._prompt_lock = threading.Lock()
 
+    def components(self) -> dict[str, torch.nn.Module]:
+        return {name: component for name, component in self.text2image.components.items()
+                if isinstance(component, torch.nn.Module)}
+
+    def to(self, device: torch.device) -> None:
+        # The image-to-image and inpainting pipelines share these components.
+        self.text2image.to(device)
+        self.device = device
+
     def check_prompt(self, prompt: str) -> int:
-        """CLIP reads any text but only its first tokens: count the words cut off."""
+        """Text encoders read any text but only their first tokens: count the words cut off."""
         tokenizer = self._prompt_tokenizer
-        limit = tokenizer.model_max_length
         with self._prompt_lock:
-            ids = tokenizer(prompt, truncation=False).input_ids
-            if len(ids) <= limit:
+            kept_ids = tokenizer(prompt, truncation=True,
+                                 max_length=self.max_prompt_tokens).input_ids
+            if len(kept_ids) < self.max_prompt_tokens:
                 return 0
-            kept = tokenizer.decode(ids[1:limit - 1], skip_special_tokens=True)
+            kept = tokenizer.decode(kept_ids, skip_special_tokens=True)
         return max(0, len(prompt.split()) - len(kept.split()))
 
     def __call__(
@@ -81,14 +101,18 @@ class StableDiffusionFamily:
             raise ValueError("prompts, negative_prompts and generators must have the same length")
         ignored = [self.check_prompt(p) for p in prompts]
         arguments: dict[str, Any] = {
+            **self.family.call_options,
             "prompt": prompts,
-            "negative_prompt": [p or "" for p in negative_prompts],
             "generator": generators,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
             "output_type": "pil",
             "callback_on_step_end": _on_step_end(step_callback),
         }
+        if self.family.negative_prompt:
+            arguments["negative_prompt"] = [p or "" for p in negative_prompts]
+        if self.family.max_sequence_length is not None:
+            arguments["max_sequence_length"] = self.family.max_sequence_length
         pipeline = self._pick(width, height, init_images, mask_images, strength, arguments)
         images = pipeline(**arguments).images
         return PipelineOutput(list(images), ignored)
@@ -105,7 +129,14 @@ class StableDiffusionFamily:
                          image=[image.convert("RGB").resize((width, height))
                                 for image in init_images if image is not None])
         if mask_images is None or all(mask is None for mask in mask_images):
+            if self.image2image is None:
+                raise ValueError(f"the {self.family.name} family has no image-to-image")
+            # Some take the output size (Flux: else its default size), others follow the image.
+            if "width" in inspect.signature(self.image2image.__call__).parameters:
+                arguments.update(width=width, height=height)
             return self.image2image
+        if self.inpaint is None:
+            raise ValueError(f"the {self.family.name} family has no inpainting")
         # No mask for an image means the whole image is repainted.
         whole = Image.new("L", (width, height), 255)
         arguments.update(width=width, height=height,
@@ -126,9 +157,12 @@ def _on_step_end(step_callback: StepCallback | None) -> Callable[..., dict[str, 
     return on_step_end
 
 
-def load_stable_diffusion_pipeline(path: Path, device: torch.device,
-                                   dtype: torch.dtype) -> StableDiffusionFamily:
+def load_diffusers_pipeline(path: Path, family: Family, device: torch.device,
+                            dtype: torch.dtype) -> DiffusersPipeline:
     """Load from a local directory only; the hub is never asked."""
     text2image = AutoPipelineForText2Image.from_pretrained(
         path, dtype=dtype, local_files_only=True)
-    return StableDiffusionFamily(text2image, device, dtype)
+    if family.scheduler is not None:
+        scheduler_class = getattr(diffusers, family.scheduler)
+        text2image.scheduler = scheduler_class.from_config(text2image.scheduler.config)
+    return DiffusersPipeline(text2image, family, device, dtype)
