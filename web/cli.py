@@ -37,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "(IMAGEGEN_WEBHOOK_ALLOW)")
     serve.add_argument("--webhook-retry-seconds", type=float,
                        help="how long a delivery is retried (IMAGEGEN_WEBHOOK_RETRY_SECONDS)")
-    serve.add_argument("--client-timeout", type=float,
-                       help="seconds to send headers, and a body (IMAGEGEN_CLIENT_TIMEOUT)")
 
     serve.add_argument("--auth", help="none | keys: require API keys (IMAGEGEN_AUTH)")
     serve.add_argument("--keys-file", type=Path,

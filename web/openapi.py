@@ -212,14 +212,6 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "The caller's webhook signing secret (whsec_...): verify the "
                    "webhook-signature of each notice with it (Standard Webhooks)",
         "responses": _responses("Secret")}},
-    "/admin/models/{name}/load": {"post": {
-        "summary": "Move a model into device memory now (least recently used ones make room)",
-        "security": ADMIN, "parameters": [_path_param("name")],
-        "responses": _responses("The model's id and state", *ADMIN_ERRORS, 503)}},
-    "/admin/models/{name}/offload": {"post": {
-        "summary": "Move a model out to CPU RAM now; its next request brings it back",
-        "security": ADMIN, "parameters": [_path_param("name")],
-        "responses": _responses("The model's id and state", *ADMIN_ERRORS)}},
     "/healthz": {"get": {"summary": "Alive", "responses": _responses("Alive")}},
     "/readyz": {"get": {"summary": "Ready", "responses": _responses("Ready", 503)}},
     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
