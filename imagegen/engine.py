@@ -68,6 +68,10 @@ class Engine:
         """The manager of the device `model` runs on."""
         return self._models[self._device_of(model)]
 
+    def devices(self) -> dict[str, dict[str, object]]:
+        """Each device's model manager report, by device name."""
+        return {device: models.report() for device, models in self._models.items()}
+
     def model_state(self, model: str) -> ModelState:
         return self.models_of(model).state(model)
 

@@ -6,14 +6,14 @@ recently used ones back to CPU RAM (never to disk) until it fits the budget.
 A batch holds the manager's lock while it runs, so nothing moves under it;
 requests for a model that is being moved wait in the queue as for a busy
 device. On a CPU device the move is the identity and the budget is
-bookkeeping only: which models count as resident.
+bookkeeping only (which models count as resident): a CPU has none unless
+models.toml sets one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -63,27 +63,17 @@ def weight_bytes(pipeline: TextToImagePipeline) -> int:
     return sum(seen.values())
 
 
-def _memory(device: torch.device) -> tuple[int, int] | None:
-    """(free, total) bytes of the device, or None when it cannot be measured."""
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return int(free), int(total)
-    if device.type == "cpu":
-        with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable cache
-            fields = dict(line.split(":", 1) for line in meminfo)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-        return available, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return None
-
-
 def budget_bytes(device: torch.device, spec: DeviceSpec | None) -> int | None:
-    """The device's budget for model weights; None: unlimited (memory not measurable)."""
+    """The device's budget for model weights; None: unlimited.
+
+    Measured only on CUDA: offloading from a CPU to CPU RAM frees nothing, and
+    other devices have no portable free-memory reading.
+    """
     if spec is not None and spec.memory_budget_mb is not None:
         return int(spec.memory_budget_mb * MB)
-    measured = _memory(device)
-    if measured is None:
+    if device.type != "cuda":
         return None
-    free, total = measured
+    free, total = (int(value) for value in torch.cuda.mem_get_info(device))
     if spec is not None and spec.memory_reserve_mb is not None:
         reserve = int(spec.memory_reserve_mb * MB)
     else:
@@ -118,6 +108,14 @@ class ModelManager:
 
     def resident_bytes(self) -> int:
         return sum(self.sizes[name] for name in list(self._resident))
+
+    def report(self) -> dict[str, object]:
+        """For operators (GET /admin/stats): the budget, what is resident, each model's size."""
+        return {"budget_mb": None if self.budget is None else round(self.budget / MB, 1),
+                "resident_mb": round(self.resident_bytes() / MB, 1),
+                "models": {name: {"state": self.state(name),
+                                  "weights_mb": round(self.sizes[name] / MB, 1)}
+                           for name in self._pipelines}}
 
     def fill(self) -> None:
         """At start: bring models in, in the order given, while they fit without evicting."""

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from imagegen.engine import Engine
-from imagegen.model_manager import MB, ModelEvents, ModelManager, ModelState, weight_bytes
+from imagegen.model_manager import (
+    MB,
+    ModelEvents,
+    ModelManager,
+    ModelState,
+    budget_bytes,
+    weight_bytes,
+)
 from imagegen.pipelines.base import TextToImagePipeline
 from imagegen.registry import (
     EMBEDDED_MODEL_DIR,
@@ -214,10 +221,27 @@ async def test_admin_loads_and_offloads_a_model(tmp_path: Path, model_bytes: int
         assert generated.status_code == 200
         assert (await client.get("/v1/models/alpha")).json()["state"] == "resident"
 
+        stats = (await client.get("/admin/stats", headers=ADMIN)).json()["devices"]["cpu"]
+        assert stats["budget_mb"] == round(2.5 * model_bytes / MB, 1)
+        assert stats["resident_mb"] == round(2 * model_bytes / MB, 1)
+        assert {name: model["state"] for name, model in stats["models"].items()} == {
+            "shapes": "offloaded", "alpha": "resident", "beta": "offloaded",
+            "gamma": "resident"}
+
         unknown = await client.post("/admin/models/nope/load", headers=ADMIN)
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "model_not_found"
         assert (await client.get("/admin/models/alpha/load", headers=ADMIN)).status_code == 405
+
+
+def test_a_cpu_has_no_budget_unless_one_is_set() -> None:
+    # Offloading from a CPU to CPU RAM frees nothing: every model stays resident.
+    assert budget_bytes(CPU, None) is None
+    assert budget_bytes(CPU, DeviceSpec("cpu", memory_reserve_mb=512)) is None
+    assert budget_bytes(CPU, DeviceSpec("cpu", memory_budget_mb=1.5)) == int(1.5 * MB)
+    manager = ModelManager(CPU, three_models(), None)
+    manager.fill()
+    assert [manager.state(n) for n in "abc"] == ["resident"] * 3
 
 
 def test_devices_table_is_checked(tmp_path: Path) -> None:

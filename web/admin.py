@@ -85,6 +85,7 @@ async def get_stats(request: Request) -> JSONResponse:
                     "last_sweep_at": sweeper.last_sweep_at,
                     "last_max_lag_seconds": sweeper.last_max_lag_seconds},
         "queue_depth": services.engine.queue_depth(),
+        "devices": services.engine.devices(),
         "worker_healthy": worker_healthy(services),
         "time": time.time(),
     })
