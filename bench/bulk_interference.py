@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import torch
 
+from service.bulk.files import default_batch_dir
 from service.settings import Settings
 from web.app import create_app
-from web.bulk_files import default_batch_dir
 
 PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow star")
 

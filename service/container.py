@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -11,8 +12,10 @@ from imagegen.engine import Engine
 from imagegen.model_manager import OFFLOAD_DEVICE, ModelEvents
 from imagegen.pipelines.base import TextToImagePipeline
 from imagegen.registry import EMBEDDED_MODEL_NAME, load_devices, load_pipeline, load_specs
+from service.bulk.runner import BulkRunner
+from service.jobs.runner import JobRunner
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.tenancy import Limits, Tenancy
 from service.tenancy.principal import ANONYMOUS_ID
 from service.webhooks import (
@@ -24,7 +27,10 @@ from service.webhooks import (
 )
 from store import ArtifactStore, Clock, create_retention_holder, create_store
 from store.retention import RetentionHolder, RetentionPolicy
+from store.sealing import UnsafeDirectory
 from store.sweeper import Sweeper
+
+log = logging.getLogger("imagegen.service")
 
 # Wraps each loaded pipeline; tests use it to inject faults a CPU cannot produce.
 PipelineWrapper = Callable[[str, TextToImagePipeline], TextToImagePipeline]
@@ -45,21 +51,31 @@ class Services:
     clock: Clock
     default_model: str
     webhooks: Webhooks
+    # Built on this container (they run the one generation path with it): see open_services.
+    jobs: JobRunner = field(init=False)
+    bulk: BulkRunner = field(init=False)
     draining: bool = False
-    # Long-lived per-app state of other surfaces (jobs, batches) hangs here.
-    extras: dict[str, object] = field(default_factory=dict)
+    _housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start in dependency order: the policy, the devices, then what sweeps."""
+        """Start in dependency order: the policy, the devices, what runs on them, what sweeps."""
         await self.retention.start()
         self.engine.start()
+        await self.bulk.start()
         self.sweeper.start()
         self.webhooks.start()
+        self._housekeeping = asyncio.create_task(self._keep_house())
 
     async def stop(self) -> None:
-        """Drain: refuse new work, let what is queued and running finish, then let go."""
+        """Drain in reverse: refuse new work, stop bulk between lines, let queued and running
+        requests finish (jobs store their results), then let go of storage."""
         self.draining = True
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        await self.bulk.stop()
         await asyncio.to_thread(self.engine.stop)
+        await self.jobs.stop()
         # After the devices: notices of the work that just finished go out too.
         await self.webhooks.stop(WEBHOOK_DRAIN_SECONDS)
         self.sweeper.shutdown()
@@ -67,6 +83,35 @@ class Services:
         await self.store.close()
         await self.tenancy.close()
         self.encoder.shutdown()
+
+    async def change_retention(self, policy: RetentionPolicy, actor: str,
+                               apply_to_existing: bool) -> int:
+        """Set the policy (one audit line); with apply_to_existing, cap live lifetimes by it,
+        each model's by its own default: images, and the job records that show them.
+        Returns how many images were shortened."""
+        await self.retention.set(policy, actor)
+        if not apply_to_existing:
+            return 0
+        now = self.clock()
+        by_model = {name: limits.default_ttl_seconds for name, limits in policy.models.items()}
+        shortened = await self.store.shorten_all(policy.default_ttl_seconds, now, by_model)
+        self.jobs.shorten(lambda model: policy.for_model(model).default_ttl_seconds, now)
+        return shortened
+
+    async def _keep_house(self) -> None:
+        """Forget expired job records and drop expired batches, every sweep interval.
+
+        (Reads check expiry themselves; this frees what nobody reads again.)
+        """
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            now = self.clock()
+            self.jobs.purge(now)
+            try:
+                await self.bulk.sweep(now)
+            except OSError as exc:
+                # Type only; the next sweep retries (the keys are already gone).
+                log.error("batch sweep failed", extra={"error_type": type(exc).__name__})
 
 
 def initial_policy(settings: Settings) -> RetentionPolicy:
@@ -118,15 +163,21 @@ async def open_services(settings: Settings, clock: Clock,
     """Build every component (models load in a thread); nothing runs until start()."""
     metrics = Metrics()
     engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline)
-    store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
-                         directory=settings.store_dir, redis_url=settings.redis_url)
+    try:
+        store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
+                             directory=settings.store_dir, redis_url=settings.redis_url)
+    except UnsafeDirectory:
+        raise SettingsError("IMAGEGEN_STORE_DIR must be a directory owned by this user") from None
     # Replicas sharing a Redis store share the policy too: a change on one applies on all.
     retention = create_retention_holder(initial_policy(settings),
                                         redis_url=settings.shared_redis_url)
     sweeper = Sweeper(store, settings.sweep_interval, clock)
     sweeper.lag_observer = metrics.deletion_lag.observe
-    return Services(settings=settings, engine=engine, store=store, retention=retention,
-                    sweeper=sweeper, encoder=Encoder(), metrics=metrics,
-                    tenancy=create_tenancy(settings, clock), clock=clock,
-                    default_model=EMBEDDED_MODEL_NAME,
-                    webhooks=open_webhooks(settings, metrics))
+    services = Services(settings=settings, engine=engine, store=store, retention=retention,
+                        sweeper=sweeper, encoder=Encoder(), metrics=metrics,
+                        tenancy=create_tenancy(settings, clock), clock=clock,
+                        default_model=EMBEDDED_MODEL_NAME,
+                        webhooks=open_webhooks(settings, metrics))
+    services.jobs = JobRunner(services)
+    services.bulk = BulkRunner(services)
+    return services

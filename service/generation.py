@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -28,9 +29,11 @@ from imagegen.types import (
     SamplingParams,
     Started,
 )
-from service.container import Services
 from service.errors import DeadlineExceeded, InvalidInput
 from store.retention import TTLRejected
+
+if TYPE_CHECKING:
+    from service.container import Services
 
 log = logging.getLogger("imagegen.generation")
 
@@ -87,10 +90,9 @@ class OutputImage:
     expires_at: float | None = None
 
 
-def earliest_expiry(images: Iterable[OutputImage]) -> float | None:
-    """The one `expires_at` of a set of images: when the first of them is gone."""
-    return min((image.expires_at for image in images if image.expires_at is not None),
-               default=None)
+def earliest_expiry(expiries: Iterable[float | None]) -> float | None:
+    """The one `expires_at` of a set of images (native, jobs, batches): when the first goes."""
+    return min((expiry for expiry in expiries if expiry is not None), default=None)
 
 
 @dataclass(slots=True)
@@ -106,7 +108,7 @@ class Generated:
 
     @property
     def expires_at(self) -> float | None:
-        return earliest_expiry(self.images)
+        return earliest_expiry(image.expires_at for image in self.images)
 
     def log_fields(self) -> dict[str, Any]:
         """What the request log carries about the outcome (metadata only)."""
@@ -120,6 +122,13 @@ def input_log_fields(gen: GenerationInput) -> dict[str, Any]:
     return {"model": gen.model, "n": gen.n, "width": gen.width, "height": gen.height,
             "steps": gen.steps, "guidance": gen.guidance, "seed": gen.seed,
             "response_format": gen.response_format, "output_format": gen.output_format}
+
+
+def new_request_id() -> str:
+    # Unique, not secret (an id grants nothing): the random module's generator
+    # costs half of os.urandom's syscall, paid by every image fetch. It is
+    # reseeded in forked children, so workers never repeat each other's ids.
+    return f"req_{random.getrandbits(96):024x}"
 
 
 def image_url(base_url: str, token: str, output_format: str) -> str:

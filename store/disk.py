@@ -21,7 +21,6 @@ from store.catalog import Catalog
 from store.errors import StoreUnavailable
 from store.tokens import artifact_id, new_token
 
-DIRECTORY_MODE = 0o700
 # Only names this store writes are ever removed, so a misconfigured directory
 # (a home directory, say) loses nothing else.
 _OWN_FILE = re.compile(r"[0-9a-f]{64}(\.partial)?")
@@ -37,7 +36,7 @@ class DiskStore:
         self.max_bytes = max_bytes
         self.directory = directory
         # Start-up, before serving: blocking here is fine.
-        prepare_directory(directory)
+        sealing.prepare_directory(directory, _OWN_FILE)
 
     async def put(
         self, data: bytes, content_type: str, ttl_seconds: float, tag: str = ""
@@ -130,17 +129,6 @@ class DiskStore:
 
     def _path(self, found: str) -> Path:
         return self.directory / found
-
-
-def prepare_directory(directory: Path) -> None:
-    """Create the directory owner-only and remove every file a previous process left.
-
-    Those files' keys died with that process, so they are unreadable anyway.
-    """
-    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
-    directory.chmod(DIRECTORY_MODE)
-    leftovers = [path for path in directory.iterdir() if _OWN_FILE.fullmatch(path.name)]
-    sealing.remove_files(leftovers)
 
 
 def _remove_after(path: Path, writing: "asyncio.Future[None]") -> None:

@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from imagegen.pipelines.base import Cancelled, PipelineOutput, TextToImagePipeline
+from service.bulk.files import default_batch_dir, prepare_batch_dir
+from service.bulk.runner import BulkRunner
+from service.bulk.state import Batch
 from service.settings import Settings, SettingsError
 from tests.helpers import ADMIN_TOKEN, CANARY, FakeClock, free_port, make_settings, running_app
-from web.bulk_files import default_batch_dir, prepare_batch_dir
-from web.bulk_runner import BulkRunner
-from web.bulk_state import Batch
 from web.request_log import JsonLineFormatter
 
 TINY = {"width": 32, "height": 32, "num_inference_steps": 2}
@@ -52,7 +52,7 @@ def settings_for(tmp_path: Path, **changes: Any) -> Settings:
 
 
 def runner_of(client: httpx.AsyncClient) -> BulkRunner:
-    runner = client.app.state.services.extras["batches"]  # type: ignore[attr-defined]
+    runner = client.app.state.services.bulk  # type: ignore[attr-defined]
     assert isinstance(runner, BulkRunner)
     return runner
 

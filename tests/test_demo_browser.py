@@ -14,7 +14,6 @@ import pytest
 from tests.components import which
 from tests.helpers import LiveServer, live_server, make_settings
 from tests.jobs_support import Gate, app_of, gated, wait_until
-from web.jobs import registry_of
 
 # Found as scripts/test.sh finds it (anywhere on PATH); under CI a missing one fails.
 CHROMIUM = which("chromium")
@@ -182,7 +181,7 @@ def test_queue_full_says_so(page: playwright_sync.Page, server: LiveServer,
         assert page.get_by_role("button", name="Generate", exact=True).is_enabled()
         shot(page, "queue-full")
     gate.open()
-    jobs = registry_of(app_of(server).state.services)
+    jobs = app_of(server).state.services.jobs
     wait_until(lambda: all(job.ticket is None for job in list(jobs.jobs.values())),
                "the queue to drain")
     # The 429 is the only error the browser logs (as a failed resource load).

@@ -17,6 +17,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.generation import Generated, OutputImage, Usage
+from service.jobs.runner import JobRunner
+from service.jobs.state import JobRecord, JobStatus
 from tests.helpers import LiveServer, live_server, make_settings
 from tests.jobs_support import (
     Event,
@@ -27,8 +30,6 @@ from tests.jobs_support import (
     gated,
     read_events,
 )
-from web.job_state import JobRecord, JobStatus
-from web.jobs import JobRegistry, registry_of
 
 PROMPT = "a red circle on a blue background"
 QUEUE_SIZE = 4
@@ -51,8 +52,8 @@ def server(gate: Gate, clock: OffsetClock) -> Iterator[LiveServer]:
         yield live
 
 
-def registry(server: LiveServer) -> JobRegistry:
-    return registry_of(app_of(server).state.services)
+def registry(server: LiveServer) -> JobRunner:
+    return app_of(server).state.services.jobs
 
 
 @pytest.fixture
@@ -435,10 +436,16 @@ def test_record_replay_keeps_the_latest_event_of_each_kind() -> None:
         JobStatus.CANCELED, False, True)
 
 
-def test_a_succeeded_record_expires_with_its_last_image() -> None:
+def test_a_succeeded_record_expires_with_its_first_image() -> None:
     record = JobRecord(id="job_b", model="shapes", created_at=100.0, ttl_seconds=60.0)
+    generated = Generated(
+        request_id="req_b", seed=5, usage=Usage.of(0.123456), queue_seconds=0.0,
+        micro_batch_size=2, ignored_words=0, created=102,
+        images=[OutputImage(None, "image/png", "u1", 161.0),
+                OutputImage(None, "image/png", "u2", 162.0)])
+    [event] = record.succeeded(generated, now=102.0)
     images = [{"url": "u1", "expires_at": 161.0}, {"url": "u2", "expires_at": 162.0}]
-    [event] = record.succeeded(images, seed=5, device_seconds=0.123456, now=102.0)
-    assert event.data == {"images": images, "seed": 5, "device_seconds": 0.1235,
-                          "expires_at": 162.0}
+    assert event.data == {"images": images, "seed": 5,
+                          "usage": {"device_seconds": 0.1235, "cost": 0.1235},
+                          "expires_at": 161.0}
     assert record.view()["status"] == "succeeded" and record.view()["ended_at"] == 102.0

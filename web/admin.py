@@ -64,10 +64,7 @@ async def put_retention(request: Request) -> JSONResponse:
     except ValueError as exc:
         # Messages of the policy parser name fields and numbers only.
         raise bad_request(str(exc), str(exc).split(" ")[0]) from None
-    await services.retention.set(policy, actor)
-    shortened = 0
-    if apply_to_existing:
-        shortened = await services.store.shorten_all(policy.default_ttl_seconds)
+    shortened = await services.change_retention(policy, actor, apply_to_existing)
     return JSONResponse({**policy.to_dict(), "apply_to_existing": apply_to_existing,
                          "shortened": shortened})
 

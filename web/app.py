@@ -28,7 +28,6 @@ from web import (
 )
 from web.auth import Authentication
 from web.body_limits import BodyBudget, BodyLimits
-from web.bulk_runner import BulkRunner
 from web.errors import exception_handlers
 from web.request_log import RequestLogMiddleware
 
@@ -50,12 +49,9 @@ def create_app(
         services = await open_services(settings, clock, wrap_pipeline)
         app.state.services = services
         await services.start()
-        bulk = await BulkRunner.start(services)
         try:
             yield
         finally:
-            services.draining = True
-            await bulk.stop()  # between lines; batches do not outlive the process
             await services.stop()
 
     routes = [*images.routes, *openai_api.routes, *edits.routes, *native_api.routes,

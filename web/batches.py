@@ -6,32 +6,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.bulk.runner import BulkRunner
+from service.bulk.state import Batch
 from web.body import off_loop_if_large, read_body, require_media_type
 from web.bulk_parse import MAX_BATCH_LINES, TOO_MANY_LINES, parse_batch
-from web.bulk_runner import BulkRunner
-from web.bulk_state import Batch
-from web.errors import ApiError
 from web.routing import public_base_url, services_of
 
 BATCH_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson", "application/json")
-NOT_FOUND = ApiError(404, "This batch does not exist or its retention has ended.",
-                     code="batch_not_found")
 # The output lists capability URLs: no caching, and never passed on as a referrer.
 OUTPUT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                   "X-Content-Type-Options": "nosniff"}
 
 
 def runner_of(request: Request) -> BulkRunner:
-    runner = services_of(request).extras["batches"]
-    assert isinstance(runner, BulkRunner)
-    return runner
+    return services_of(request).bulk
 
 
 async def find_batch(request: Request) -> Batch:
-    batch = await runner_of(request).get(request.path_params["batch_id"])
-    if batch is None:
-        raise NOT_FOUND
-    return batch
+    return await runner_of(request).find(request.path_params["batch_id"])
 
 
 async def create_batch(request: Request) -> JSONResponse:
@@ -56,9 +48,6 @@ async def get_output(request: Request) -> Response:
 
 async def cancel_batch(request: Request) -> JSONResponse:
     batch = await find_batch(request)
-    if batch.ended:
-        raise ApiError(409, f"The batch has already ended ({batch.status}).",
-                       code="batch_ended")
     await runner_of(request).cancel(batch)
     return JSONResponse(batch.to_dict())
 

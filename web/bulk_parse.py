@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.bulk.state import BulkLine
 from service.container import Services
 from service.errors import InvalidInput
 from service.generation import GenerationInput, check_prompt
@@ -58,8 +59,8 @@ def validate_body(services: Services, body: BatchLineBody) -> GenerationInput:
     return gen
 
 
-def parse_batch(raw: bytes, services: Services) -> list[bytes]:
-    """The normalized lines (JSON bytes, with the model and seed fixed), or a 4xx.
+def parse_batch(raw: bytes, services: Services) -> list[BulkLine]:
+    """The validated lines (with the model and seed fixed), or a 4xx.
 
     CPU-bound on a large body: callers run it in a thread.
     """
@@ -68,7 +69,7 @@ def parse_batch(raw: bytes, services: Services) -> list[bytes]:
         raise ApiError(400, "The batch has no lines.", param="lines", code="empty_batch")
     if len(entries) > MAX_BATCH_LINES:
         raise TOO_MANY_LINES
-    normalized: list[bytes] = []
+    normalized: list[BulkLine] = []
     bad: list[BadLine] = []
     seen: set[str] = set()
     for number, entry in enumerate(entries, 1):
@@ -120,7 +121,7 @@ def _parse_line(line: bytes) -> Any:
         return _NotJson(strict_json.syntax_error(exc, field_names(BatchLine)))
 
 
-def _normalize(services: Services, entry: Any, seen: set[str]) -> bytes:
+def _normalize(services: Services, entry: Any, seen: set[str]) -> BulkLine:
     if isinstance(entry, _NotJson):
         raise _line_error(entry.error)
     try:
@@ -131,10 +132,8 @@ def _normalize(services: Services, entry: Any, seen: set[str]) -> bytes:
     if line.custom_id in seen:
         raise LineError("custom_id", "'custom_id' repeats an earlier line's.")
     seen.add(line.custom_id)
-    # Fixed now, so the line runs later exactly as validated (and a random seed is kept).
-    body = line.body.model_copy(update={"model": gen.model, "seed": gen.seed})
-    return BatchLine(custom_id=line.custom_id, body=body).model_dump_json(
-        exclude_none=True).encode()
+    # The validated input, its model and seed fixed: the line runs later exactly as validated.
+    return BulkLine(line.custom_id, gen)
 
 
 def _rejected(bad: list[BadLine], total: int) -> ApiError:

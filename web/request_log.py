@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.generation import new_request_id
 from web.errors import ApiError, error_response
 from web.log_buffer import BatchingStreamHandler
 
@@ -33,13 +33,6 @@ ALLOWED_FIELDS = frozenset({
 
 # The status a request that its client abandoned is logged and counted with (as nginx does).
 CLIENT_CLOSED = 499
-
-
-def new_request_id() -> str:
-    # Unique, not secret (an id grants nothing): the random module's generator
-    # costs half of os.urandom's syscall, paid by every image fetch. It is
-    # reseeded in forked children, so workers never repeat each other's ids.
-    return f"req_{random.getrandbits(96):024x}"
 
 
 def request_id_of(request: Request) -> str:

@@ -218,7 +218,7 @@ function follow(url) {
     const result = JSON.parse(e.data);
     result.images.forEach((image, index) => showImage(image, result.seed, index, job.prompt));
     const count = result.images.length === 1 ? "Your image is ready" : result.images.length + " images are ready";
-    finish(count + " (seed " + result.seed + ", " + result.device_seconds.toFixed(2) + " s of device time).", "done");
+    finish(count + " (seed " + result.seed + ", " + result.usage.device_seconds.toFixed(2) + " s of device time).", "done");
   });
   source.addEventListener("failed", (e) => {
     finish(JSON.parse(e.data).error.message, "error");

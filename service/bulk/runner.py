@@ -1,11 +1,11 @@
-"""The batches of this process, and the tasks that run them and end their retention.
+"""The batches of this service: held sealed on disk, run line by line, dropped at retention.
 
-One task feeds batch lines to the engine one at a time in the BULK lane, so
-the device takes a bulk line only when no interactive request is waiting.
-A bulk line on the device yields too: when a request queues behind it, the
-line is canceled at its next step and queued again (same seed, same image),
-so an interactive request waits for one step, not a whole line. Another task
-drops batches at the end of their retention: key first, then the files.
+One task feeds lines to the engine one at a time in the bulk lane, each on
+the one generation path: the device takes a bulk line only when no
+interactive request waits, and a line on the device gives way (at its next
+step, same seed, same image later) when one queues on its device. A line's
+images live by its model's retention policy, and never past the batch's
+retention. Dropping a batch wipes its key first, then removes its files.
 """
 
 from __future__ import annotations
@@ -17,32 +17,40 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagegen.batcher import Lane, QueueFull
-from imagegen.types import GenerationRequest, GenerationResult
-from service.container import Services
-from service.errors import BatchExpired, failure_of
+from service.bulk.files import BatchFiles, default_batch_dir, prepare_batch_dir, remove_batch_dir
+from service.bulk.state import Batch, BatchStatus, BulkLine, new_batch_id
+from service.errors import (
+    BatchEnded,
+    BatchExpired,
+    BatchNotFound,
+    BatchStorageUnavailable,
+    InvalidInput,
+    TooManyBatches,
+    failure_of,
+)
 from service.generation import (
-    GenerationInput,
     QueueWatch,
     deliver,
+    new_request_id,
     submit,
     to_request,
     wait_on_device,
 )
-from web.bulk_files import BatchFiles, default_batch_dir, prepare_batch_dir, remove_batch_dir
-from web.bulk_parse import LineError, validate_body
-from web.bulk_state import Batch, BatchStatus, new_batch_id
-from web.errors import ApiError
-from web.request_log import new_request_id
-from web.request_models import BatchLine
+from store.retention import TTLRejected
+
+if TYPE_CHECKING:
+    from service.container import Services
 
 log = logging.getLogger("imagegen.bulk")
 
 # Batches queued or running at once; each holds a file on disk until it has run.
 MAX_OPEN_BATCHES = 16
 QUEUE_FULL_RETRY_SECONDS = 0.5
+# Bad lines named in one error message; the count covers the rest.
+MAX_LISTED_LINES = 20
 UNREADABLE_INPUT = ("input_unreadable", "The encrypted input line failed authentication "
                     "(it was changed or moved on disk), so it was not run.")
 UNREADABLE_OUTPUT = ("output_unreadable", "The encrypted result line failed authentication "
@@ -53,50 +61,49 @@ LineOutcome = tuple[dict[str, Any], bool]  # (output record, succeeded)
 
 
 class BulkRunner:
-    def __init__(self, services: Services, directory: Path) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.directory = directory
+        settings = services.settings
+        self.directory: Path = settings.batch_dir or default_batch_dir(settings)
         self.batches: dict[str, Batch] = {}
         self._pending: asyncio.Queue[Batch] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
 
-    @classmethod
-    async def start(cls, services: Services) -> BulkRunner:
-        """Clear what a previous process left, start the tasks, hang on services.extras."""
-        settings = services.settings
-        directory = settings.batch_dir or default_batch_dir(settings)
-        await asyncio.to_thread(prepare_batch_dir, directory)
-        runner = cls(services, directory)
-        runner._tasks = [asyncio.create_task(runner._run_batches()),
-                         asyncio.create_task(runner._sweep_periodically())]
-        services.extras["batches"] = runner
-        return runner
+    async def start(self) -> None:
+        """Clear what a previous process left, then start running batches."""
+        await asyncio.to_thread(prepare_batch_dir, self.directory)
+        self._task = asyncio.create_task(self._run_batches())
 
     async def stop(self) -> None:
         """Stop between lines, then drop every batch: none is readable after a restart."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         for batch in list(self.batches.values()):
             await self._drop(batch)
         if self.services.settings.batch_dir is None:  # an operator's own directory stays
             await asyncio.to_thread(remove_batch_dir, self.directory)
 
-    async def submit(self, lines: list[bytes], base_url: str) -> Batch:
+    async def submit(self, lines: list[BulkLine], base_url: str) -> Batch:
+        """Seal the lines on disk and queue the batch; every line's TTL is checked first."""
         if sum(1 for batch in self.batches.values() if not batch.ended) >= MAX_OPEN_BATCHES:
-            raise ApiError(429, "Too many batches are waiting; retry later.",
-                           code="too_many_batches", error_type="rate_limit_error",
-                           headers={"Retry-After": "30"})
+            raise TooManyBatches()
         policy = await self.services.retention.get()
+        bad = []
+        for number, line in enumerate(lines, 1):
+            try:
+                policy.ttl_for(line.gen.model, line.gen.ttl_seconds)
+            except TTLRejected as exc:
+                bad.append((number, str(exc)))
+        if bad:
+            raise _rejected(bad, len(lines))
         batch_id = new_batch_id()
         files = BatchFiles(self.directory, batch_id)
         try:
-            await asyncio.to_thread(files.write_inputs, lines)
+            await asyncio.to_thread(files.write_inputs, [line.to_json() for line in lines])
         except OSError:
             await asyncio.to_thread(files.drop)
-            raise ApiError(503, "The batch directory cannot be written; retry later.",
-                           code="batch_storage_unavailable", error_type="server_error",
-                           headers={"Retry-After": "30"}) from None
+            raise BatchStorageUnavailable() from None
         now = self.services.clock()
         batch = Batch(id=batch_id, files=files, total=len(lines), base_url=base_url,
                       created_at=now, expires_at=now + policy.batch_retention_seconds)
@@ -104,18 +111,20 @@ class BulkRunner:
         self._pending.put_nowait(batch)
         return batch
 
-    async def get(self, batch_id: str) -> Batch | None:
-        """The batch, or None when unknown or past its retention (checked on every read)."""
+    async def find(self, batch_id: str) -> Batch:
+        """The batch; BatchNotFound when unknown or past its retention (checked on every read)."""
         batch = self.batches.get(batch_id)
-        if batch is None:
-            return None
-        if batch.expired(self.services.clock()):
+        if batch is not None and batch.expired(self.services.clock()):
             await self._drop(batch)
-            return None
+            batch = None
+        if batch is None:
+            raise BatchNotFound()
         return batch
 
     async def cancel(self, batch: Batch) -> None:
         """Stop a batch between lines; a queued one ends at once and its input goes now."""
+        if batch.ended:
+            raise BatchEnded(f"The batch has already ended ({batch.status}).")
         batch.cancel_requested = True
         if batch.status is BatchStatus.QUEUED:
             batch.finish(self.services.clock())
@@ -143,15 +152,6 @@ class BulkRunner:
 
     def _gone(self, batch: Batch) -> bool:
         return self.batches.get(batch.id) is not batch
-
-    async def _sweep_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.services.settings.sweep_interval)
-            try:
-                await self.sweep()
-            except OSError as exc:
-                # Type only; the next sweep retries (the keys are already gone).
-                log.error("batch sweep failed", extra={"error_type": type(exc).__name__})
 
     async def _run_batches(self) -> None:
         while True:
@@ -188,52 +188,62 @@ class BulkRunner:
         await asyncio.to_thread(batch.files.remove_inputs)
         _log_ended(batch)
 
-    async def _run_line(self, batch: Batch, line: int) -> LineOutcome:
-        raw = await asyncio.to_thread(batch.files.read_input, line)
+    async def _run_line(self, batch: Batch, number: int) -> LineOutcome:
+        raw = await asyncio.to_thread(batch.files.read_input, number)
         if raw is None:
-            return _failure(line, None, UNREADABLE_INPUT), False
-        item = BatchLine.model_validate_json(raw)  # authenticated: what this process wrote
-        custom_id = item.custom_id
+            return _failure(number, None, UNREADABLE_INPUT), False
+        line = BulkLine.from_json(raw)
         try:
-            gen = validate_body(self.services, item.body)
-            response = await self._generate(batch, gen)
-        except LineError as exc:
-            return _failure(line, custom_id, ("invalid_line", exc.reason)), False
+            response = await self._generate(batch, line)
         except Exception as exc:
             failure = failure_of(exc)
             if failure is None:
                 log.error("batch line failed", extra={"error_type": type(exc).__name__})
-                return _failure(line, custom_id, INTERNAL), False
-            return _failure(line, custom_id, (failure.code, failure.message)), False
-        return {"line": line, "custom_id": custom_id, "response": response, "error": None}, True
+                return _failure(number, line.custom_id, INTERNAL), False
+            return _failure(number, line.custom_id, (failure.code, failure.message)), False
+        return {"line": number, "custom_id": line.custom_id, "response": response,
+                "error": None}, True
 
-    async def _generate(self, batch: Batch, gen: GenerationInput) -> dict[str, Any]:
-        services = self.services
-        result = await self._on_device(to_request(gen, new_request_id()))
-        # The images die with the batch (or sooner, when the line asked for less).
-        ttl = batch.expires_at - services.clock()
-        if gen.ttl_seconds is not None:
-            ttl = min(ttl, gen.ttl_seconds)
-        if ttl <= 0:
-            raise BatchExpired()
-        generated = await deliver(services, gen, result, ttl, batch.base_url, 0.0)
+    async def _generate(self, batch: Batch, line: BulkLine) -> dict[str, Any]:
+        services, gen = self.services, line.gen
+        queued_at = time.monotonic()
+        request = to_request(gen, new_request_id())
+        watch = QueueWatch()
+        while True:
+            with contextlib.suppress(QueueFull):
+                ticket = submit(services, request, Lane.BULK, on_queue=watch)
+                break
+            await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
+        result = await wait_on_device(services, ticket, watch)
+        ttl = await self._line_ttl(batch, line)
+        queue_seconds = max(0.0, time.monotonic() - queued_at - result.device_seconds)
+        generated = await deliver(services, gen, result, ttl, batch.base_url, queue_seconds)
         return {
             "images": [image.url for image in generated.images],
             "seed": generated.seed,
             "expires_at": generated.expires_at,
             "ignored_words": generated.ignored_words,
-            "device_seconds": generated.usage.device_seconds,
+            "usage": generated.usage.to_dict(),
         }
 
-    async def _on_device(self, request: GenerationRequest) -> GenerationResult:
-        """Run one line in the bulk lane: it gives way to interactive work on its device."""
-        watch = QueueWatch()
-        while True:
-            with contextlib.suppress(QueueFull):
-                ticket = submit(self.services, request, Lane.BULK, on_queue=watch)
-                break
-            await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
-        return await wait_on_device(self.services, ticket, watch)
+    async def _line_ttl(self, batch: Batch, line: BulkLine) -> float:
+        """The model's policy as it is now (it may have shortened since submission), the
+        line's own ask, and never past the batch's retention."""
+        policy = await self.services.retention.get()
+        ttl = min(policy.ttl_for(line.gen.model, None),
+                  line.gen.ttl_seconds or float("inf"),
+                  batch.expires_at - self.services.clock())
+        if ttl <= 0:
+            raise BatchExpired()
+        return ttl
+
+
+def _rejected(bad: list[tuple[int, str]], total: int) -> InvalidInput:
+    listed = ", ".join(f"line {number} (body.ttl_seconds)" for number, _ in bad[:MAX_LISTED_LINES])
+    more = f" and {len(bad) - MAX_LISTED_LINES} more" if len(bad) > MAX_LISTED_LINES else ""
+    number, reason = bad[0]
+    return InvalidInput(f"{len(bad)} of {total} lines are invalid, so nothing was queued: "
+                        f"{listed}{more}. Line {number}: {reason}", "lines")
 
 
 def _failure(line: int, custom_id: str | None, error: tuple[str, str]) -> dict[str, Any]:

@@ -21,14 +21,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from service.settings import Settings, SettingsError
 from store import sealing
 
-DIRECTORY_MODE = 0o700
-FILE_MODE = 0o600
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 # No O_CREAT: an append after the file was removed fails instead of recreating it.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
@@ -44,16 +39,14 @@ def default_batch_dir(settings: Settings) -> Path:
 
 
 def prepare_batch_dir(directory: Path) -> None:
-    """Create the directory owner-only and remove every file a previous process left.
+    """Create the directory owner-only and remove every batch file a previous process left.
 
-    Those files' keys died with that process, so they are unreadable anyway.
     Blocking: start-up only.
     """
-    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
-    if directory.is_symlink() or directory.stat().st_uid != os.getuid():
-        raise SettingsError("IMAGEGEN_BATCH_DIR must be a directory owned by this user")
-    directory.chmod(DIRECTORY_MODE)
-    sealing.remove_files(path for path in directory.iterdir() if _OWN_FILE.fullmatch(path.name))
+    try:
+        sealing.prepare_directory(directory, _OWN_FILE)
+    except sealing.UnsafeDirectory:
+        raise SettingsError("IMAGEGEN_BATCH_DIR must be a directory owned by this user") from None
 
 
 def remove_batch_dir(directory: Path) -> None:
@@ -135,8 +128,7 @@ class BatchFiles:
         return b"\0".join((b"imagegen-batch", self._batch_id, kind, str(line).encode()))
 
     def _seal(self, kind: bytes, line: int, data: bytes) -> bytes:
-        nonce = os.urandom(sealing.NONCE_BYTES)
-        return nonce + AESGCM(bytes(self._key)).encrypt(nonce, data, self._aad(kind, line))
+        return sealing.seal(self._key, self._aad(kind, line), data)
 
     def _open_record(self, path: Path, span: Span, kind: bytes, line: int) -> bytes | None:
         offset, length = span
@@ -144,18 +136,16 @@ class BatchFiles:
             with path.open("rb") as file:
                 file.seek(offset)
                 sealed = file.read(length)
-            nonce, body = sealed[:sealing.NONCE_BYTES], sealed[sealing.NONCE_BYTES:]
-            return AESGCM(bytes(self._key)).decrypt(nonce, body, self._aad(kind, line))
-        except (FileNotFoundError, InvalidTag, ValueError):
-            # ValueError: a record cut too short to hold a nonce.
+        except FileNotFoundError:
             return None
+        return sealing.unseal(self._key, self._aad(kind, line), sealed)
 
 
 def _write_new(path: Path, records: list[bytes]) -> list[Span]:
     """Write records to a new owner-only file; return where each one lies."""
     spans: list[Span] = []
     offset = 0
-    fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
+    fd = os.open(path, _CREATE_FLAGS, sealing.FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as file:
             for record in records:

@@ -1,13 +1,19 @@
-"""One batch's state: counts, timings and an estimate of time left; never its content."""
+"""One batch's state: counts, timings and an estimate of time left; never its content.
+
+And one line of a batch as it is sealed on disk until it runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from web.bulk_files import BatchFiles
+from service.bulk.files import BatchFiles
+from service.generation import GenerationInput
 
 
 class BatchStatus(StrEnum):
@@ -19,6 +25,24 @@ class BatchStatus(StrEnum):
 
 
 ENDED = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED})
+
+
+@dataclass(frozen=True, slots=True)
+class BulkLine:
+    """One validated line: the client's id for it and the generation it asks for."""
+
+    custom_id: str
+    gen: GenerationInput  # its seed fixed at submission, so it runs as validated
+
+    def to_json(self) -> bytes:
+        return json.dumps({"custom_id": self.custom_id, "gen": dataclasses.asdict(self.gen)},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> BulkLine:
+        """A line this process sealed (authenticated, so it is what to_json wrote)."""
+        item = json.loads(raw)
+        return cls(item["custom_id"], GenerationInput(**item["gen"]))
 
 
 def new_batch_id() -> str:

@@ -3,7 +3,9 @@
 Pure state: no event loop, no threads, no clock (callers pass `now`). Each
 transition returns the events it caused, for the caller to send to listeners;
 a transition that changes nothing returns none. The record never holds a
-prompt: the request that carries it belongs to the worker.
+prompt: the request that carries it belongs to the worker. It lives as long
+as its first image (`expires_at`, as everywhere), and never shows the URL of
+an image that is gone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from service.generation import Generated, earliest_expiry
 
 
 class JobStatus(StrEnum):
@@ -82,15 +86,49 @@ class JobRecord:
             data["preview"] = preview
         return [*events, self._emit("progress", data)]
 
-    def succeeded(self, images: list[dict[str, Any]], seed: int, device_seconds: float,
-                  now: float) -> list[JobEvent]:
+    def succeeded(self, generated: Generated, now: float) -> list[JobEvent]:
         if self.status.ended:
             return []
-        self.result = {"images": images, "seed": seed,
-                       "device_seconds": round(device_seconds, 4)}
-        expiries = [image["expires_at"] for image in images]
-        self._end(JobStatus.SUCCEEDED, now, max(expiries, default=now + self.ttl_seconds))
+        images = [{"url": image.url, "expires_at": image.expires_at}
+                  for image in generated.images]
+        self.result = {"images": images, "seed": generated.seed,
+                       "usage": generated.usage.to_dict()}
+        expires_at = generated.expires_at
+        self._end(JobStatus.SUCCEEDED, now,
+                  now + self.ttl_seconds if expires_at is None else expires_at)
         return [self._emit("succeeded", {**self.result, "expires_at": self.expires_at})]
+
+    def shorten(self, expires_at: float) -> None:
+        """An operator shortened lifetimes: the record, and its images, go by expires_at."""
+        if self.expires_at is not None and self.expires_at <= expires_at:
+            return
+        self.ttl_seconds = min(self.ttl_seconds, max(0.0, expires_at - self.created_at))
+        if self.expires_at is not None:
+            self.expires_at = expires_at
+            for image in self._images():
+                image["expires_at"] = min(image["expires_at"], expires_at)
+            self._rewrite_succeeded()
+
+    def images_gone(self, urls: set[str]) -> None:
+        """These images were deleted before their time: the record stops showing them."""
+        if not urls or self.result is None:
+            return
+        self.result["images"] = [i for i in self._images() if i["url"] not in urls]
+        left = earliest_expiry(image["expires_at"] for image in self._images())
+        self.expires_at = self.expires_at if left is None else left
+        self._rewrite_succeeded()
+
+    def image_urls(self) -> list[str]:
+        return [image["url"] for image in self._images()]
+
+    def _images(self) -> list[dict[str, Any]]:
+        return [] if self.result is None else list(self.result["images"])
+
+    def _rewrite_succeeded(self) -> None:
+        # A late client's replay must say what GET says, not what was once true.
+        self.history = [
+            JobEvent(e.seq, e.name, {**(self.result or {}), "expires_at": self.expires_at})
+            if e.name == "succeeded" else e for e in self.history]
 
     def failed(self, code: str, message: str, now: float) -> list[JobEvent]:
         if self.status.ended:
@@ -106,6 +144,7 @@ class JobRecord:
         return [self._emit("canceled", {})]
 
     def view(self) -> dict[str, Any]:
+        # Only this record's own fields; it never holds the prompt.
         """The record as GET /v1/jobs/{id} shows it."""
         return {
             "id": self.id,
@@ -142,3 +181,4 @@ class JobRecord:
                 return event
         self.history.append(event)
         return event
+
