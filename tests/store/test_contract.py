@@ -88,10 +88,27 @@ async def test_sweep_takes_an_explicit_now(make_store: MakeStore, clock: FakeClo
 
 async def test_sweep_reports_each_expiry(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
-    _, artifact = await store.put(b"x", PNG, 10)
+    made = [(await store.put(b"x", PNG, ttl))[1] for ttl in (10, 7, 11)]
 
     swept = await store.sweep(clock.now + 12)
-    assert [(s.artifact_id, s.expires_at) for s in swept] == [(artifact.id, artifact.expires_at)]
+    assert sorted((s.artifact_id, s.expires_at) for s in swept) == sorted(
+        (artifact.id, artifact.expires_at) for artifact in made)
+
+
+async def test_a_sweep_removes_more_than_fits_in_one_pass(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    """More expired artifacts than one chunk of the Redis sweep (500): all go in one sweep."""
+    store = make_store()
+    made = [(await store.put(b"x", PNG, 10))[1] for _ in range(1001)]
+    kept, _ = await store.put(b"kept", PNG, 60)
+
+    clock.tick(10)
+    swept = await store.sweep()
+    assert sorted(ids(swept)) == sorted(artifact.id for artifact in made)
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (1, 4)
+    assert await store.get(kept) is not None
 
 
 async def test_delete_removes_at_once(make_store: MakeStore, clock: FakeClock) -> None:

@@ -1,6 +1,7 @@
 """What only the encrypted disk backend promises."""
 
 import asyncio
+import os
 import stat
 import threading
 from pathlib import Path
@@ -89,6 +90,30 @@ async def test_a_restart_removes_what_the_last_process_left(
     assert [p.name for p in directory.iterdir()] == ["notes.txt"]  # only the store's own files
     assert (await second.stats()).count == 0
     await second.close()
+
+
+async def test_a_restart_removes_what_a_crash_mid_write_leaves(
+    store: DiskStore, directory: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every name the writer uses, its temporary one included, is one start-up removes."""
+    renames: list[tuple[str, str]] = []
+    replace = os.replace
+
+    def recording_replace(source: Path, target: Path) -> None:
+        renames.append((Path(source).name, Path(target).name))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    await store.put(b"x", PNG, 60)
+    monkeypatch.undo()
+    [(temporary, sealed)] = renames
+    crashed = directory.parent / "crashed"
+    crashed.mkdir()
+    for name in (temporary, sealed):
+        (crashed / name).write_bytes(b"left by a process that died")
+
+    DiskStore(crashed, max_bytes=10**6, clock=clock)
+    assert list(crashed.iterdir()) == []
 
 
 async def test_the_key_is_dropped_before_the_file(

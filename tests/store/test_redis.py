@@ -87,6 +87,22 @@ async def own_server() -> AsyncIterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.parametrize("field", ["type", "created", "expires", "size"])
+async def test_an_artifact_missing_a_field_is_not_served(
+    redis_url: str, clock: FakeClock, field: str
+) -> None:
+    """A hash edited by hand (or half-written): refused as unknown, never half-read."""
+    store = RedisStore(redis_url, max_bytes=10_000, clock=clock)
+    token, _ = await store.put(b"x", PNG, 60)
+    [key] = artifact_keys(redis_url)
+    with redis.Redis.from_url(redis_url) as client:
+        client.hdel(key, field)
+
+    assert await store.get(token) is None
+    assert await store.head(token) is None
+    await store.close()
+
+
 async def test_a_lost_redis_fails_fast_and_recovers(
     own_server: RedisServer, clock: FakeClock
 ) -> None:
