@@ -163,6 +163,11 @@ async def open_services(settings: Settings, clock: Clock,
     """Build every component (models load in a thread); nothing runs until start()."""
     metrics = Metrics()
     engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline)
+    return assemble(settings, clock, engine, metrics)
+
+
+def assemble(settings: Settings, clock: Clock, engine: Engine, metrics: Metrics) -> Services:
+    """Every component around a loaded engine (tests pass one with a fake device)."""
     try:
         store = create_store(settings.store, max_bytes=settings.store_max_bytes, clock=clock,
                              directory=settings.store_dir, redis_url=settings.redis_url)

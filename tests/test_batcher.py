@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from imagegen.batcher import Batcher, Lane, QueueFull, QueueState, Ticket
-from imagegen.types import GenerationRequest, SamplingParams
+from imagegen.batcher import MAX_YIELDS, Batcher, Lane, QueueFull, QueueState, Ticket
+from imagegen.types import GenerationRequest, Queued, QueueEvent, SamplingParams, Started
 from service.settings import Settings, SettingsError
 
 SMALL = SamplingParams("shapes", 32, 32, 2, 3.0)
@@ -197,3 +197,71 @@ def test_the_batch_wait_defaults_to_20_ms_and_reads_its_env_var() -> None:
     settings = Settings.load(environ={"IMAGEGEN_BATCH_WAIT": "0.05"})
     assert settings.batch_wait == 0.05
     assert Settings.load(environ={}).batch_wait == 0.02
+
+
+# --- What the queue pushes, and when a bulk micro-batch gives way --------------------------
+
+
+def listened(name: str, lane: Lane = Lane.INTERACTIVE) -> tuple[Ticket, list[QueueEvent]]:
+    seen: list[QueueEvent] = []
+    t = ticket(name, lane=lane)
+    t.on_queue = seen.append
+    return t, seen
+
+
+def test_positions_and_starts_are_pushed_as_they_change_and_only_then() -> None:
+    batcher = Batcher(8, lambda model: 1)
+    (a, seen_a), (b, seen_b), (c, seen_c) = (listened(n) for n in "abc")
+    bulk, seen_bulk = listened("bulk", Lane.BULK)
+    for t in (bulk, a, b, c):
+        batcher.submit(t)
+    assert seen_bulk == [Queued(1), Queued(2), Queued(3), Queued(4)]  # interactive goes first
+    assert (seen_a, seen_b, seen_c) == ([Queued(1)], [Queued(2)], [Queued(3)])
+
+    assert batcher.take(timeout=0) == [a]
+    assert seen_a == [Queued(1), Started()] and a.started
+    assert (seen_b[-1], seen_c[-1], seen_bulk[-1]) == (Queued(1), Queued(2), Queued(3))
+    assert batcher.cancel_queued("b") is b
+    assert (seen_c[-1], seen_bulk[-1]) == (Queued(1), Queued(2))
+    assert len(seen_b) == 2  # nothing more for a ticket that left the queue
+
+
+def test_a_bulk_micro_batch_gives_way_only_to_interactive_work_on_its_own_device() -> None:
+    own, other = Batcher(8, lambda model: 1), Batcher(8, lambda model: 1)
+    bulk, seen = listened("bulk", Lane.BULK)
+    bulk.timeout_seconds = 60
+    own.submit(bulk)
+    assert own.take(timeout=0) == [bulk]
+    assert bulk.deadline is not None  # a bulk line's time on the device runs from its start
+
+    other.submit(ticket("elsewhere"))
+    assert not own.should_yield([bulk])  # another device's queue is no reason to stop
+    own.submit(ticket("live"))
+    assert own.should_yield([bulk])
+    assert own.should_yield([ticket("interactive-running")]) is False
+
+    assert own.give_way([bulk]) == []
+    assert (bulk.started, bulk.deadline, bulk.yields) == (False, None, 1)
+    assert seen[-1] == Queued(2)  # back in the queue, first in its lane
+    assert ids(own.take(timeout=0)) == ["live"]
+    assert ids(own.take(timeout=0)) == ["bulk"] and seen[-1] == Started()
+
+
+def test_a_bulk_ticket_gives_way_a_bounded_number_of_times() -> None:
+    batcher = Batcher(8, lambda model: 1)
+    bulk = ticket("bulk", lane=Lane.BULK)
+    batcher.submit(bulk)
+    batcher.submit(ticket("live"))
+    bulk.yields = MAX_YIELDS
+    assert not batcher.should_yield([bulk])  # it has given way enough: it runs to the end
+
+
+def test_a_canceled_bulk_ticket_is_not_queued_again() -> None:
+    batcher = Batcher(8, lambda model: 2)
+    kept, canceled = ticket("kept", lane=Lane.BULK), ticket("canceled", lane=Lane.BULK)
+    for t in (kept, canceled):
+        batcher.submit(t)
+    assert batcher.take(timeout=0) == [kept, canceled]
+    canceled.cancel_requested = True
+    assert batcher.give_way([kept, canceled]) == [canceled]
+    assert batcher.depth(Lane.BULK) == 1
