@@ -7,6 +7,7 @@ the receiver is reachable only because IMAGEGEN_WEBHOOK_ALLOW names 127.0.0.1/32
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import standardwebhooks
 from service.settings import Settings, SettingsError
 from service.webhooks import new_secret
 from tests.helpers import ADMIN_TOKEN, CANARY, make_settings, running_app
-from tests.webhook_support import LoopbackOnly, Receiver, loopback_only
+from tests.webhook_support import Answer, LoopbackOnly, Receiver, loopback_only, running_receiver
 
 FAST = {"width": 32, "height": 32, "num_inference_steps": 4}
 PROMPT = f"a red circle on a blue background {CANARY}"
@@ -57,6 +58,106 @@ async def job_until_ended(client: httpx.AsyncClient, job_id: str) -> dict[str, A
 def verified(receiver: Receiver, secret: str) -> list[dict[str, Any]]:
     hook = standardwebhooks.Webhook(secret)
     return [hook.verify(r.body, r.headers) for r in receiver.received]
+
+
+async def test_a_job_notifies_started_and_completed_signed_and_thin(
+        client: httpx.AsyncClient) -> None:
+    secret = await secret_of(client)
+    with running_receiver() as receiver:
+        response = await client.post("/v1/jobs", json={
+            "prompt": PROMPT, **FAST, "seed": 7,
+            "webhook": {"url": receiver.url, "events": ["started", "completed"]}})
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        await receiver.wait_for(2)
+        view = await job_until_ended(client, job_id)
+    notices = verified(receiver, secret)
+    assert [n["type"] for n in notices] == ["job.started", "job.completed"]
+    done = notices[1]["data"]
+    assert done["id"] == job_id and done["status"] == "succeeded" and done["seed"] == 7
+    assert done["usage"]["device_seconds"] > 0
+    (image,) = done["images"]
+    assert image["url"].startswith("http://testserver/i/") and image["expires_at"] > 0
+    for received in receiver.received:
+        assert CANARY.encode() not in received.body
+    assert set(done) <= {"id", "status", "images", "seed", "usage", "error", "expires_at"}
+    deliveries = view["webhook"]["deliveries"]
+    assert [(d["event"], d["status"]) for d in deliveries] == [
+        ("job.started", 200), ("job.completed", 200)]
+    metrics = (await client.get("/metrics")).text
+    assert 'imagegen_webhook_attempts_total{result="2xx"} 2.0' in metrics
+    assert 'imagegen_webhook_deliveries_total{outcome="delivered"} 2.0' in metrics
+
+
+async def test_a_job_notice_is_retried_through_500s(client: httpx.AsyncClient) -> None:
+    secret = await secret_of(client)
+    with running_receiver([Answer(500), Answer(502), Answer(200)]) as receiver:
+        response = await client.post("/v1/jobs", json={
+            "prompt": PROMPT, **FAST, "webhook": {"url": receiver.url}})
+        job_id = response.json()["id"]
+        await receiver.wait_for(3)
+        await job_until_ended(client, job_id)
+        for _ in range(100):
+            view = (await client.get(f"/v1/jobs/{job_id}")).json()
+            if len(view["webhook"]["deliveries"]) == 3:
+                break
+            await asyncio.sleep(0.05)
+    notices = verified(receiver, secret)
+    assert [n["type"] for n in notices] == ["job.completed"] * 3
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+    assert [d["status"] for d in view["webhook"]["deliveries"]] == [500, 502, 200]
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1/hook", "http://169.254.169.254/latest",
+                                 "http://[::ffff:192.168.0.1]/hook", "http://127.0.0.2:9/hook",
+                                 "ftp://example.com/hook"])
+async def test_disallowed_webhook_urls_are_refused_at_submit(
+        client: httpx.AsyncClient, guard: LoopbackOnly, url: str) -> None:
+    response = await client.post("/v1/jobs", json={"prompt": PROMPT, **FAST,
+                                                   "webhook": {"url": url}})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "webhook.url"
+    assert guard.connects == [] and guard.refused == []
+
+
+async def test_bad_webhook_fields_are_400s_naming_them(client: httpx.AsyncClient) -> None:
+    for webhook, param in [({"url": "http://127.0.0.1:9/", "events": ["done"]},
+                            "webhook.events.0"),
+                           ({"events": ["completed"]}, "webhook.url"),
+                           ({"url": "http://127.0.0.1:9/", "secret": "x"}, "webhook")]:
+        response = await client.post("/v1/jobs", json={"prompt": PROMPT, **FAST,
+                                                       "webhook": webhook})
+        assert response.status_code == 400, webhook
+        assert response.json()["error"]["param"].startswith(param)
+
+
+async def test_a_batch_notifies_batch_completed(client: httpx.AsyncClient) -> None:
+    secret = await secret_of(client)
+    lines = "\n".join(json.dumps({"custom_id": f"l{i}", "body": {"prompt": PROMPT, **FAST}})
+                      for i in range(2))
+    with running_receiver() as receiver:
+        response = await client.post(
+            "/v1/batches", content=lines, headers={"content-type": "application/jsonl"},
+            params={"webhook_url": receiver.url, "webhook_events": "started,completed"})
+        assert response.status_code == 202
+        batch_id = response.json()["id"]
+        await receiver.wait_for(2)
+    notices = verified(receiver, secret)
+    assert [n["type"] for n in notices] == ["batch.started", "batch.completed"]
+    done = notices[1]["data"]
+    assert done["id"] == batch_id and done["status"] == "completed"
+    assert done["counts"] == {"total": 2, "done": 2, "failed": 0}
+    assert CANARY.encode() not in receiver.received[1].body
+
+
+async def test_a_batch_webhook_to_a_private_address_is_refused(
+        client: httpx.AsyncClient) -> None:
+    line = json.dumps({"custom_id": "a", "body": {"prompt": PROMPT, **FAST}})
+    response = await client.post("/v1/batches", content=line,
+                                 headers={"content-type": "application/jsonl"},
+                                 params={"webhook_url": "http://192.168.1.1/hook"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "webhook_url"
 
 
 async def test_the_operators_secret_signs_when_auth_is_off() -> None:

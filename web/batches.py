@@ -10,7 +10,9 @@ from service.bulk.runner import BulkRunner
 from service.bulk.state import Batch
 from web.body import off_loop_if_large, read_body, require_media_type
 from web.bulk_parse import MAX_BATCH_LINES, TOO_MANY_LINES, parse_batch
+from web.request_models import BatchWebhookQuery, validate
 from web.routing import public_base_url, services_of
+from web.webhooks_api import subscribe
 
 BATCH_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson", "application/json")
 # The output lists capability URLs: no caching, and never passed on as a referrer.
@@ -26,13 +28,27 @@ async def find_batch(request: Request) -> Batch:
     return await runner_of(request).find(request.path_params["batch_id"])
 
 
+def webhook_query(request: Request) -> BatchWebhookQuery:
+    """?webhook_url=...&webhook_events=started,completed (events comma-separated)."""
+    params = request.query_params
+    events = params.get("webhook_events")
+    return validate(BatchWebhookQuery, {
+        "webhook_url": params.get("webhook_url"),
+        "webhook_events": None if events is None else events.split(",")})
+
+
 async def create_batch(request: Request) -> JSONResponse:
     services = services_of(request)
     require_media_type(request, *BATCH_MEDIA_TYPES)
+    query = webhook_query(request)
     raw = await read_body(request, services.settings.max_body_bytes,
                           line_limit=(MAX_BATCH_LINES, TOO_MANY_LINES))
     lines = await off_loop_if_large(raw, parse_batch, services)
-    batch = await runner_of(request).submit(lines, public_base_url(request))
+    webhook = None
+    if query.webhook_url is not None:
+        webhook = await subscribe(request, "batch", query.webhook_url, query.webhook_events,
+                                  "webhook_url")
+    batch = await runner_of(request).submit(lines, public_base_url(request), webhook)
     return JSONResponse(batch.to_dict(), status_code=202)
 
 

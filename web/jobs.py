@@ -25,6 +25,7 @@ from web.image_inputs import native_inputs
 from web.request_log import log_fields, request_id_of
 from web.request_models import JobRequest
 from web.routing import public_base_url, services_of
+from web.webhooks_api import subscribe
 
 # A comment line keeps proxies from closing a quiet stream, and finds dead clients.
 HEARTBEAT_SECONDS = 15.0
@@ -90,12 +91,14 @@ async def create_job(request: Request) -> JSONResponse:
     ttl = await admit(services, gen)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     assert ttl is not None  # jobs always store their images
+    webhook = None if body.webhook is None else await subscribe(
+        request, "job", body.webhook.url, body.webhook.events, "webhook.url")
     # Checked again after the await: a twin request may have created the job meanwhile.
     if key is not None and (earlier := jobs.replay(key)) is not None:
         return accepted(earlier, replayed=True)
     job = jobs.start(gen, ttl, public_base_url(request), request_id_of(request),
                      init_image=inputs.init_image, mask_image=inputs.mask_image,
-                     previews=bool(body.previews), key=key)
+                     previews=bool(body.previews), key=key, webhook=webhook)
     log_fields(request, job_id_hash=job_id_hash(job.record.id), ttl_seconds=ttl)
     return accepted(job, replayed=False)
 
@@ -109,7 +112,7 @@ async def _job_of(request: Request) -> Job:
 
 async def get_job(request: Request) -> JSONResponse:
     job = await _job_of(request)
-    return JSONResponse(job.record.view())
+    return JSONResponse(job.view())
 
 
 async def cancel_job(request: Request) -> JSONResponse:
@@ -117,7 +120,7 @@ async def cancel_job(request: Request) -> JSONResponse:
     jobs_of(request).cancel(job)
     # A queued job is canceled now (200); a running one stops at its next step (202).
     status = 200 if job.record.status.ended else 202
-    return JSONResponse(job.record.view(), status_code=status)
+    return JSONResponse(job.view(), status_code=status)
 
 
 def format_event(event: JobEvent) -> str:

@@ -143,6 +143,13 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "create_batch",
         "summary": "Queue many requests at once: JSON Lines (or a JSON array) of "
                    "{custom_id, body}; one bad line rejects the batch, naming lines by number",
+        "parameters": [
+            {"name": "webhook_url", "in": "query", "required": False,
+             "description": "Signed notices of the batch's events (see /v1/webhooks/secret)",
+             "schema": {"type": "string", "minLength": 1, "maxLength": 2048}},
+            {"name": "webhook_events", "in": "query", "required": False,
+             "description": "Comma-separated: started, progress, completed (the default)",
+             "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": {
             "application/jsonl": {"schema": ref(BatchLine)},
             "application/json": {"schema": {"type": "array", "items": ref(BatchLine),

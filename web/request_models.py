@@ -145,6 +145,14 @@ class Webhook(RequestModel):
                                               "(the default).")
 
 
+class BatchWebhookQuery(RequestModel):
+    """POST /v1/batches' query string: a batch's webhook (its body is the JSON Lines)."""
+
+    webhook_url: Annotated[str, Field(min_length=1, max_length=MAX_WEBHOOK_URL_CHARS)] | None \
+        = None
+    webhook_events: list[WebhookEvent] | None = Field(None, max_length=3)
+
+
 class JobRequest(InferenceRequest):
     """POST /v1/jobs: the native body plus the model, and step previews."""
 

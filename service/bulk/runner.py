@@ -39,6 +39,7 @@ from service.generation import (
     to_request,
     wait_on_device,
 )
+from service.webhooks import Subscription
 from store.retention import TTLRejected
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class BulkRunner:
         if self.services.settings.batch_dir is None:  # an operator's own directory stays
             await asyncio.to_thread(remove_batch_dir, self.directory)
 
-    async def submit(self, lines: list[BulkLine], base_url: str) -> Batch:
+    async def submit(self, lines: list[BulkLine], base_url: str,
+                     webhook: Subscription | None = None) -> Batch:
         """Seal the lines on disk and queue the batch; every line's TTL is checked first."""
         if sum(1 for batch in self.batches.values() if not batch.ended) >= MAX_OPEN_BATCHES:
             raise TooManyBatches()
@@ -106,7 +108,8 @@ class BulkRunner:
             raise BatchStorageUnavailable() from None
         now = self.services.clock()
         batch = Batch(id=batch_id, files=files, total=len(lines), base_url=base_url,
-                      created_at=now, expires_at=now + policy.batch_retention_seconds)
+                      created_at=now, expires_at=now + policy.batch_retention_seconds,
+                      webhook=webhook)
         self.batches[batch_id] = batch
         self._pending.put_nowait(batch)
         return batch
@@ -128,6 +131,7 @@ class BulkRunner:
         batch.cancel_requested = True
         if batch.status is BatchStatus.QUEUED:
             batch.finish(self.services.clock())
+            self._notify(batch, "completed")
             await asyncio.to_thread(batch.files.remove_inputs)
 
     async def output(self, batch: Batch) -> bytes:
@@ -150,6 +154,10 @@ class BulkRunner:
         self.batches.pop(batch.id, None)
         await asyncio.to_thread(batch.files.drop)
 
+    def _notify(self, batch: Batch, event: str) -> None:
+        if batch.webhook is not None:
+            self.services.webhooks.notify(batch.webhook, event, batch.notice())
+
     def _gone(self, batch: Batch) -> bool:
         return self.batches.get(batch.id) is not batch
 
@@ -166,11 +174,13 @@ class BulkRunner:
                 log.error("batch failed", extra={"error_type": type(exc).__name__})
                 batch.status = BatchStatus.FAILED
                 batch.finished_at = self.services.clock()
+                self._notify(batch, "completed")
                 await asyncio.to_thread(batch.files.remove_inputs)
 
     async def _run(self, batch: Batch) -> None:
         batch.status = BatchStatus.RUNNING
         batch.started_at = self.services.clock()
+        self._notify(batch, "started")
         for line in range(1, batch.total + 1):
             if batch.expired(self.services.clock()):
                 await self._drop(batch)
@@ -182,9 +192,11 @@ class BulkRunner:
                 return
             await asyncio.to_thread(batch.files.append_output, line, _encode(record))
             batch.count(succeeded, time.monotonic() - started)
+            self._notify(batch, "progress")
         if self._gone(batch):
             return
         batch.finish(self.services.clock())
+        self._notify(batch, "completed")
         await asyncio.to_thread(batch.files.remove_inputs)
         _log_ended(batch)
 

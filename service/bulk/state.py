@@ -14,6 +14,7 @@ from typing import Any
 
 from service.bulk.files import BatchFiles
 from service.generation import GenerationInput
+from service.webhooks import Subscription
 
 
 class BatchStatus(StrEnum):
@@ -65,6 +66,7 @@ class Batch:
     finished_at: float | None = None
     line_seconds: float = 0.0  # wall seconds spent on the lines so far
     cancel_requested: bool = False
+    webhook: Subscription | None = None
 
     @property
     def processed(self) -> int:
@@ -100,6 +102,13 @@ class Batch:
         if self.processed == 0:
             return None
         return round(self.line_seconds / self.processed * (self.total - self.processed), 3)
+
+    def notice(self) -> dict[str, Any]:
+        """What a webhook notice says of the batch: ids, status, counts, where its output is."""
+        return {"id": self.id, "status": str(self.status),
+                "counts": {"total": self.total, "done": self.done, "failed": self.failed},
+                "output_url": f"{self.base_url}/v1/batches/{self.id}/output",
+                "expires_at": self.expires_at}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -39,7 +39,8 @@ from service.generation import (
     to_request,
     wait_for_result,
 )
-from service.jobs.state import JobEvent, JobRecord
+from service.jobs.state import TERMINAL_EVENTS, JobEvent, JobRecord
+from service.webhooks import Subscription
 
 if TYPE_CHECKING:
     from service.container import Services
@@ -82,6 +83,14 @@ class Job:
     # The queued or running request (it carries the prompt); released when the job ends.
     ticket: Ticket | None = None
     subscribers: set[Subscriber] = field(default_factory=set)
+    webhook: Subscription | None = None
+
+    def view(self) -> dict[str, Any]:
+        """The job as GET /v1/jobs/{id} shows it: its record, and its webhook's attempts."""
+        view = self.record.view()
+        if self.webhook is not None:
+            view["webhook"] = self.webhook.view()
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +146,14 @@ class JobRunner:
 
     def start(self, gen: GenerationInput, ttl: float, base_url: str, request_id: str, *,
               init_image: Image.Image | None = None, mask_image: Image.Image | None = None,
-              previews: bool = False, key: IdempotencyKey | None = None) -> Job:
+              previews: bool = False, key: IdempotencyKey | None = None,
+              webhook: Subscription | None = None) -> Job:
         """Queue the generation as a new job (QueueFull leaves nothing behind)."""
         now = self.services.clock()
         self.purge(now)
         record = JobRecord(id="job_" + secrets.token_urlsafe(24), model=gen.model,
                            created_at=now, ttl_seconds=ttl)
-        job = Job(record)
+        job = Job(record, webhook=webhook)
         request = to_request(gen, request_id, init_image, mask_image, want_previews=previews)
         loop = asyncio.get_running_loop()
         job.ticket = submit(self.services, request, on_progress=self._progress_hook(job, loop),
@@ -186,6 +196,8 @@ class JobRunner:
         for event in events:
             for subscriber in job.subscribers:
                 subscriber.push(event)
+            if job.webhook is not None and (notice := webhook_notice(job.record, event)):
+                self.services.webhooks.notify(job.webhook, *notice)
 
     def purge(self, now: float) -> list[str]:
         """Forget the records whose images have expired; returns their ids."""
@@ -259,6 +271,20 @@ class JobRunner:
     def _end(self, job: Job, events: list[JobEvent]) -> None:
         job.ticket = None
         self.publish(job, events)
+
+
+def webhook_notice(record: JobRecord, event: JobEvent) -> tuple[str, dict[str, Any]] | None:
+    """The webhook event a job event makes, with its thin data: never a prompt or an input."""
+    data: dict[str, Any] = {"id": record.id, "status": record.status.value}
+    if event.name == "started":
+        return "started", data
+    if event.name == "progress":
+        return "progress", {**data, "progress": {"step": record.step, "total": record.total}}
+    if event.name in TERMINAL_EVENTS:
+        # succeeded: images (URL, expires_at), seed, usage; failed: the error's code and message.
+        return "completed", {**data, **(record.result or {}), "error": record.error,
+                             "expires_at": record.expires_at}
+    return None
 
 
 def preview_data_url(image: Image.Image) -> str:
