@@ -1,10 +1,13 @@
-"""One typed settings object, read from IMAGEGEN_* env vars and overridden by CLI flags."""
+"""One typed settings object, read from IMAGEGEN_* env vars and overridden by CLI flags.
+
+Each setting is declared once, with its help; its env var and flag follow from its name.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,50 +21,75 @@ class SettingsError(ValueError):
     """A bad setting; the message is one line naming it."""
 
 
+def setting(default: Any, help: str, *, flag: bool = True) -> Any:
+    """Declare a setting: its env var is IMAGEGEN_<NAME>; its flag --<name> unless flag=False
+    (secrets: a flag would show in `ps`). `imagegen serve` builds its flags from these."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one setting is given: its env var, its command-line flag (if any), its help."""
+
+    name: str
+    env: str
+    flag: str | None
+    help: str
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    models: Path | None = None
-    ttl: int = 3600
-    max_ttl: int = 86400
-    sweep_interval: float = 5.0
-    admin_token: str | None = None
-    store: str = "memory"
-    store_dir: Path | None = None
-    store_max_bytes: int = 512 * 1024 * 1024
-    redis_url: str | None = None
-    queue_size: int = 32
-    # Seconds requests queued behind a busy device wait for compatible ones to join their batch.
-    batch_wait: float = 0.02
-    batch_retention: int = 3600
-    # Encrypted bulk inputs and outputs; default: a private dir under the temp root.
-    batch_dir: Path | None = None
-    public_url: str | None = None
-    # Hard caps on what a client may send.
-    max_body_bytes: int = 16 * 1024 * 1024
-    # Seconds a client has to send its request's headers, and its body: slower is a 408.
-    client_timeout: float = 60.0
-    # Requests receiving a body at once (a burst of small ones must fit), and the bytes
-    # held for them; beyond either, a 503.
-    max_receiving_bodies: int = 256
-    max_buffered_body_bytes: int = 128 * 1024 * 1024
-    request_timeout: float = 120.0
-    log_level: str = "INFO"
-    # "keys": every /v1 call needs an API key (see service/tenancy); "none": a local tool.
-    auth: str = "none"
-    # Key hashes when the store is not Redis; default: the user's state directory.
-    keys_file: Path | None = None
-    # With keys on, the demo page acts as the built-in "demo" principal, or is "off".
-    demo: str = "on"
-    demo_limits: str = "requests_per_minute=10,max_concurrent=1,device_seconds_per_day=600"
-    usage_retention_days: int = 31
-    # Webhooks: the signing secret when auth is off (whsec_..., env only: a flag would show
-    # in `ps`), networks allowed besides public addresses (comma-separated CIDRs), and how
-    # long a delivery is retried.
-    webhook_secret: str | None = None
-    webhook_allow: str = ""
-    webhook_retry_seconds: float = 600.0
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(8000, "port")
+    models: Path | None = setting(None, "models.toml (default: the embedded model only)")
+    ttl: int = setting(3600, "default image TTL, seconds")
+    max_ttl: int = setting(86400, "maximum image TTL, seconds")
+    sweep_interval: float = setting(5.0, "seconds between sweeps of expired images")
+    admin_token: str | None = setting(None, "bearer token of the admin routes", flag=False)
+    store: str = setting("memory", "memory | disk | redis")
+    store_dir: Path | None = setting(None, "directory of the disk store")
+    store_max_bytes: int = setting(512 * 1024 * 1024, "byte budget of the image store")
+    redis_url: str | None = setting(None, "redis://host:port/db of the redis store")
+    queue_size: int = setting(32, "queue slots per device and lane")
+    batch_wait: float = setting(
+        0.02, "seconds requests queued behind a busy device wait for compatible ones to join "
+        "their micro-batch")
+    batch_retention: int = setting(3600, "bulk batch retention, seconds")
+    batch_dir: Path | None = setting(
+        None, "directory of encrypted bulk inputs and outputs (default: a private one under "
+        "the temporary directory)")
+    public_url: str | None = setting(None, "base of image URLs, behind a proxy")
+    max_body_bytes: int = setting(16 * 1024 * 1024, "largest request body, bytes")
+    client_timeout: float = setting(
+        60.0, "seconds a client has to send its request's headers, and its body (else 408)")
+    max_receiving_bodies: int = setting(
+        256, "requests receiving a body at once (beyond it, 503)")
+    max_buffered_body_bytes: int = setting(
+        128 * 1024 * 1024, "bytes held for bodies being received (beyond it, 503)")
+    request_timeout: float = setting(120.0, "seconds a generation may take")
+    log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")
+    auth: str = setting("none", "none | keys: every /v1 call needs an API key")
+    keys_file: Path | None = setting(
+        None, "API key hashes when the store is not redis (default: the user's state "
+        "directory)")
+    demo: str = setting("on", "on | off: with keys on, the demo page acts as the built-in "
+                        "demo principal, or is off")
+    demo_limits: str = setting(
+        "requests_per_minute=10,max_concurrent=1,device_seconds_per_day=600",
+        "limits of the demo principal")
+    usage_retention_days: int = setting(31, "days of usage records kept")
+    webhook_secret: str | None = setting(
+        None, "webhook signing secret (whsec_...) when auth is off", flag=False)
+    webhook_allow: str = setting(
+        "", "comma-separated CIDRs webhooks may call besides public addresses")
+    webhook_retry_seconds: float = setting(600.0, "how long a webhook delivery is retried")
+
+    @classmethod
+    def options(cls) -> list[Option]:
+        """Every setting's env var and flag, in declaration order."""
+        return [Option(f.name, cls.env_name(f.name),
+                       "--" + f.name.replace("_", "-") if f.metadata["flag"] else None,
+                       f.metadata["help"]) for f in fields(cls)]
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -69,14 +97,19 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Env vars first, then explicit overrides (CLI flags, tests); validated."""
+        """Env vars first, then explicit overrides (CLI flags as text, tests); validated."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = environ.get(cls.env_name(field.name))
+        for option in fields(cls):
+            raw = environ.get(cls.env_name(option.name))
             if raw is not None and raw != "":
-                values[field.name] = _convert(field.name, str(field.type), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                values[option.name] = _convert(cls.env_name(option.name), str(option.type), raw)
+        types = {option.name: str(option.type) for option in fields(cls)}
+        for name, value in overrides.items():
+            if isinstance(value, str) and name in types:
+                value = _convert("--" + name.replace("_", "-"), types[name], value)
+            if value is not None:
+                values[name] = value
         settings = cls(**values)
         settings.validate()
         return settings
@@ -141,8 +174,8 @@ class Settings:
             raise SettingsError("IMAGEGEN_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
 
 
-def _convert(name: str, type_name: str, raw: str) -> Any:
-    env = Settings.env_name(name)
+def _convert(source: str, type_name: str, raw: str) -> Any:
+    """Text from an env var or a flag as the field's type; the error names its source."""
     try:
         if "int" in type_name:
             return int(raw)
@@ -150,7 +183,7 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         kind = "an integer" if "int" in type_name else "a number"
-        raise SettingsError(f"{env} must be {kind}") from None
+        raise SettingsError(f"{source} must be {kind}") from None
     if "Path" in type_name:
         return Path(raw)
     return raw

@@ -46,6 +46,17 @@ def test_serve_refuses_a_bad_setting_with_one_line() -> None:
         "imagegen: IMAGEGEN_SWEEP_INTERVAL must be a number"]
 
 
+def test_serve_flags_come_from_the_settings_and_a_bad_flag_names_itself() -> None:
+    options = Settings.options()
+    assert all(option.env == "IMAGEGEN_" + option.name.upper() for option in options)
+    # Secrets only from the environment: a flag would show in `ps`.
+    assert {option.name for option in options if option.flag is None} == {
+        "admin_token", "webhook_secret"}
+    result = run_cli("serve", "--queue-size", "many", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["imagegen: --queue-size must be an integer"]
+
+
 def test_generate_once_without_a_server(tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     result = run_cli("generate", "a red circle on a blue background", "-o", str(out),

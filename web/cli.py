@@ -14,33 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the HTTP service")
-    serve.add_argument("--host", help="address to bind (IMAGEGEN_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (IMAGEGEN_PORT, default 8000)")
-    serve.add_argument("--models", type=Path, help="models.toml (IMAGEGEN_MODELS)")
-    serve.add_argument("--ttl", type=int, help="default image TTL, seconds (IMAGEGEN_TTL)")
-    serve.add_argument("--max-ttl", type=int, help="maximum TTL, seconds (IMAGEGEN_MAX_TTL)")
-    serve.add_argument("--sweep-interval", type=float, help="seconds (IMAGEGEN_SWEEP_INTERVAL)")
-    serve.add_argument("--store", help="memory | disk | redis (IMAGEGEN_STORE)")
-    serve.add_argument("--store-dir", type=Path, help="disk backend dir (IMAGEGEN_STORE_DIR)")
-    serve.add_argument("--store-max-bytes", type=int, help="byte budget (IMAGEGEN_STORE_MAX_BYTES)")
-    serve.add_argument("--redis-url", help="redis://host:port/db (IMAGEGEN_REDIS_URL)")
-    serve.add_argument("--queue-size", type=int, help="queue slots (IMAGEGEN_QUEUE_SIZE)")
-    serve.add_argument("--batch-wait", type=float,
-                       help="seconds a busy device waits to fill a batch (IMAGEGEN_BATCH_WAIT)")
-    serve.add_argument("--batch-retention", type=int,
-                       help="bulk job retention, seconds (IMAGEGEN_BATCH_RETENTION)")
-    serve.add_argument("--public-url", help="base of image URLs (IMAGEGEN_PUBLIC_URL)")
-    serve.add_argument("--client-timeout", type=float,
-                       help="seconds to send headers, and a body (IMAGEGEN_CLIENT_TIMEOUT)")
-    serve.add_argument("--webhook-allow",
-                       help="CIDRs webhooks may call besides public addresses "
-                       "(IMAGEGEN_WEBHOOK_ALLOW)")
-    serve.add_argument("--webhook-retry-seconds", type=float,
-                       help="how long a delivery is retried (IMAGEGEN_WEBHOOK_RETRY_SECONDS)")
-
-    serve.add_argument("--auth", help="none | keys: require API keys (IMAGEGEN_AUTH)")
-    serve.add_argument("--keys-file", type=Path,
-                       help="key hashes without Redis (IMAGEGEN_KEYS_FILE)")
+    for option in Settings.options():
+        if option.flag is not None:  # given as text; Settings converts and checks it
+            serve.add_argument(option.flag, dest=option.name, help=f"{option.help} ({option.env})")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     keys.add_argument("--keys-file", type=Path, help="(IMAGEGEN_KEYS_FILE)")
@@ -77,12 +53,9 @@ def serve(args: argparse.Namespace) -> None:
     from web.request_log import configure_logging
     from web.server import uvicorn_config
 
-    options = {name: getattr(args, name) for name in (
-        "host", "port", "models", "ttl", "max_ttl", "sweep_interval", "store", "store_dir",
-        "store_max_bytes", "redis_url", "queue_size", "batch_wait", "batch_retention",
-        "public_url", "client_timeout", "auth", "keys_file", "webhook_allow",
-        "webhook_retry_seconds")}
-    settings = Settings.load(**options)
+    flags = {option.name: getattr(args, option.name) for option in Settings.options()
+             if option.flag is not None}
+    settings = Settings.load(**flags)
     # A bad models.toml is one line naming the model and field (ModelConfigError), here,
     # not a traceback from inside the server's start-up.
     load_specs(settings.models)

@@ -24,10 +24,9 @@ log = logging.getLogger("imagegen.request")
 
 # The only fields a request log line may carry.
 ALLOWED_FIELDS = frozenset({
-    "model", "n", "width", "height", "steps", "guidance", "seed", "scheduler",
-    "response_format", "output_format", "ttl_seconds", "device_seconds", "cost",
-    "queue_seconds", "batch_size", "ignored_words", "error_code", "lane", "job_id_hash",
-    "key_id",
+    "model", "n", "width", "height", "steps", "guidance", "seed", "response_format",
+    "output_format", "ttl_seconds", "device_seconds", "cost", "queue_seconds", "batch_size",
+    "ignored_words", "job_id_hash", "key_id",
 })
 
 
