@@ -168,6 +168,7 @@ def to_request(
     init_image: Image.Image | None = None,
     mask_image: Image.Image | None = None,
     want_previews: bool = False,
+    partial_image_steps: frozenset[int] = frozenset(),
 ) -> GenerationRequest:
     return GenerationRequest(
         request_id=request_id,
@@ -180,6 +181,7 @@ def to_request(
         mask_image=mask_image,
         strength=gen.strength,
         want_previews=want_previews,
+        partial_image_steps=partial_image_steps,
     )
 
 
@@ -314,6 +316,41 @@ async def deliver(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A generation admitted and queued: its ticket, and what finishing it needs."""
+
+    gen: GenerationInput
+    ticket: Ticket
+    ttl: float | None
+    queued_at: float  # time.monotonic() at submission
+
+
+async def start(
+    services: Services,
+    gen: GenerationInput,
+    request_id: str,
+    init_image: Image.Image | None = None,
+    mask_image: Image.Image | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    partial_image_steps: frozenset[int] = frozenset(),
+) -> Pending:
+    """Policy, then the device queue: a refusal (bad input, QueueFull) comes before any wait."""
+    ttl = await admit(services, gen)
+    request = to_request(gen, request_id, init_image, mask_image,
+                         partial_image_steps=partial_image_steps)
+    queued_at = time.monotonic()
+    ticket = submit(services, request, on_progress=on_progress)
+    return Pending(gen, ticket, ttl, queued_at)
+
+
+async def finish(services: Services, pending: Pending, base_url: str) -> Generated:
+    """Wait for the device, then encode, store and account (see deliver)."""
+    result = await wait_for_result(services, pending.ticket)
+    queue_seconds = max(0.0, time.monotonic() - pending.queued_at - result.device_seconds)
+    return await deliver(services, pending.gen, result, pending.ttl, base_url, queue_seconds)
+
+
 async def generate(
     services: Services,
     gen: GenerationInput,
@@ -322,11 +359,6 @@ async def generate(
     init_image: Image.Image | None = None,
     mask_image: Image.Image | None = None,
 ) -> Generated:
-    """Run one synchronous generation end to end."""
-    ttl = await admit(services, gen)
-    queued_at = time.monotonic()
-    ticket = submit(services, to_request(gen, request_id, init_image, mask_image))
-    result = await wait_for_result(services, ticket)
-    queue_seconds = max(0.0, time.monotonic() - queued_at - result.device_seconds)
-    return await deliver(services, gen, result, ttl, base_url, queue_seconds)
-
+    """Run one synchronous generation end to end (a stream takes the same two steps)."""
+    return await finish(services, await start(services, gen, request_id, init_image,
+                                              mask_image), base_url)

@@ -147,6 +147,20 @@ def test_output_compression_sets_jpeg_quality(served: tuple[str, Wrap]) -> None:
     assert sizes[0] < sizes[1]
 
 
+def test_output_compression_applies_to_plain_requests_too(served: tuple[str, Wrap]) -> None:
+    url, _ = served
+    sizes = []
+    for quality in (5, 95):
+        result = client_for(url).images.generate(
+            model="shapes", prompt=PROMPT, size="128x128", response_format="b64_json",
+            output_format="webp", output_compression=quality,
+            extra_body={"num_inference_steps": 4, "seed": 5})
+        assert result.data is not None and result.data[0].b64_json is not None
+        assert decoded(result.data[0].b64_json).format == "WEBP"
+        sizes.append(len(base64.b64decode(result.data[0].b64_json)))
+    assert sizes[0] < sizes[1]
+
+
 def test_edits_stream_as_image_edit_events(served: tuple[str, Wrap]) -> None:
     url, _ = served
     buffer = io.BytesIO()

@@ -21,18 +21,9 @@ from typing import Any
 from PIL import Image
 from starlette.responses import StreamingResponse
 
-from imagegen.batcher import Ticket
 from imagegen.types import Progress
 from service.container import Services
-from service.generation import (
-    GenerationInput,
-    Usage,
-    admit,
-    deliver,
-    submit,
-    to_request,
-    wait_for_result,
-)
+from service.generation import GenerationInput, Pending, Usage, finish, start
 from web.errors import ApiError, api_error_for, bad_request
 
 log = logging.getLogger("imagegen.stream")
@@ -110,12 +101,11 @@ def sse(event_type: str, data: dict[str, Any]) -> str:
 async def stream_images(services: Services, gen: GenerationInput, partial_images: int,
                         kind: str, request_id: str, init_image: Image.Image | None = None,
                         mask_image: Image.Image | None = None) -> StreamingResponse:
-    """Admit and queue now, so a refusal is an ordinary error response; stream the rest.
+    """Start the generation now, so a refusal is an ordinary error response; stream the rest.
 
     The images travel in the events: a stream stores nothing.
     """
     gen = dataclasses.replace(gen, response_format="b64_json")
-    await admit(services, gen)
     loop = asyncio.get_running_loop()
     partials: asyncio.Queue[list[Image.Image]] = asyncio.Queue()
 
@@ -127,29 +117,26 @@ async def stream_images(services: Services, gen: GenerationInput, partial_images
             except RuntimeError:  # the loop has closed (shutdown): nobody is listening
                 log.debug("partial image dropped")
 
-    request = dataclasses.replace(
-        to_request(gen, request_id, init_image, mask_image),
-        partial_image_steps=partial_image_steps(gen.steps, partial_images))
-    queued_at = time.monotonic()
-    ticket = submit(services, request, on_progress=on_progress)
+    pending = await start(services, gen, request_id, init_image, mask_image, on_progress,
+                          partial_image_steps(gen.steps, partial_images))
     return StreamingResponse(
-        _events(services, gen, kind, ticket, partials, queued_at),
+        _events(services, pending, kind, partials),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _events(services: Services, gen: GenerationInput, kind: str, ticket: Ticket,
-                  partials: asyncio.Queue[list[Image.Image]],
-                  queued_at: float) -> AsyncIterator[str]:
+async def _events(services: Services, pending: Pending, kind: str,
+                  partials: asyncio.Queue[list[Image.Image]]) -> AsyncIterator[str]:
+    gen = pending.gen
     partial_type, completed_type = event_types(kind)
     size = f"{gen.width}x{gen.height}"
-    result = asyncio.ensure_future(wait_for_result(services, ticket))
+    finished = asyncio.ensure_future(finish(services, pending, ""))
     try:
         index = 0
         # Partial images handed over before the result are all sent before it.
-        while not (result.done() and partials.empty()):
+        while not (finished.done() and partials.empty()):
             next_partial = asyncio.ensure_future(partials.get())
-            await asyncio.wait({result, next_partial}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({finished, next_partial}, return_when=asyncio.FIRST_COMPLETED)
             if not next_partial.done():
                 next_partial.cancel()
                 continue
@@ -159,9 +146,7 @@ async def _events(services: Services, gen: GenerationInput, kind: str, ticket: T
                 yield image_event(partial_type, data, size=size, created_at=int(time.time()),
                                   output_format=gen.output_format, partial_image_index=index)
             index += 1
-        done = result.result()
-        queue_seconds = max(0.0, time.monotonic() - queued_at - done.device_seconds)
-        generated = await deliver(services, gen, done, None, "", queue_seconds)
+        generated = finished.result()
         usage = openai_usage(generated.usage)
         for image in generated.images:
             assert image.data is not None
@@ -173,6 +158,6 @@ async def _events(services: Services, gen: GenerationInput, kind: str, ticket: T
     finally:
         # The client went away (or the stream failed): the work stops at its next step.
         # (Canceled on the engine first: dropping the waiter also settles the ticket's future.)
-        if not ticket.future.done():
-            services.engine.cancel(ticket)
-        result.cancel()
+        if not pending.ticket.future.done():
+            services.engine.cancel(pending.ticket)
+        finished.cancel()
