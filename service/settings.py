@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from service.tenancy import AUTH_MODES, Limits
 from service.webhooks.addresses import parse_allow
 from service.webhooks.signing import secret_key
+from store.factory import BACKENDS
 
 
 class SettingsError(ValueError):
@@ -141,8 +142,8 @@ class Settings:
                                 "IMAGEGEN_MAX_BODY_BYTES")
         if self.ttl > self.max_ttl:
             raise SettingsError("IMAGEGEN_TTL must not exceed IMAGEGEN_MAX_TTL")
-        if self.store not in ("memory", "disk", "redis"):
-            raise SettingsError("IMAGEGEN_STORE must be one of memory, disk, redis")
+        if self.store not in BACKENDS:
+            raise SettingsError(f"IMAGEGEN_STORE must be one of {', '.join(BACKENDS)}")
         if self.store == "disk" and self.store_dir is None:
             raise SettingsError("IMAGEGEN_STORE_DIR is required when IMAGEGEN_STORE=disk")
         if self.store == "redis" and not self.redis_url:
