@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
@@ -261,8 +261,16 @@ def _narrow(schema: dict[str, Any], name: str, keywords: Mapping[str, Any]) -> N
         branch.update(keywords)
 
 
+def drawable_pattern(words: Iterable[str]) -> str:
+    """A prompt with one of these words, as the shapes tokenizer reads it: a lowercased run
+    of letters. Each letter is matched in either case (JSON Schema patterns have no flags)."""
+    alternatives = "|".join("".join(f"[{c}{c.upper()}]" for c in word)
+                            for word in sorted(words, key=lambda w: (-len(w), w)))
+    return f"(^|[^A-Za-z])({alternatives})($|[^A-Za-z])"
+
+
 def served_limits(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
-                  vocabularies: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+                  pipelines: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Field -> the JSON Schema keywords that the models served now allow."""
     every = list(specs.values())
 
@@ -271,9 +279,18 @@ def served_limits(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
 
     ttl_ceiling = {spec.name: policy.for_model(spec.name).default_ttl_seconds for spec in every}
     sizes = sorted({size for spec in every for size in spec.sizes})
+    vocabularies = {name: getattr(pipeline, "vocabulary", None)
+                    for name, pipeline in pipelines.items()}
     words = "; ".join(
         f"{name}: " + ", ".join(w for group in vocabulary.values() for w in group)
         for name, vocabulary in vocabularies.items() if isinstance(vocabulary, dict))
+    drawable = [getattr(pipeline, "drawable_words", None) for pipeline in pipelines.values()]
+    prompt: dict[str, Any] = {}
+    if words:
+        prompt["description"] = ("What to draw. Words a model does not know are ignored, "
+                                 f"and at least one must be one it can draw: {words}.")
+    if all(drawable):  # when every model reads only its own words, the schema can say so
+        prompt["pattern"] = drawable_pattern(w for found in drawable for w in found or ())
     count = {"maximum": max(spec.max_n for spec in every),
              "description": "Images to make, at most: " + per_model(lambda s: s.max_n)}
     side = "Pixels; width x height must be one of the model's sizes: " + per_model(
@@ -297,23 +314,37 @@ def served_limits(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
             "description": "Seconds stored images live; at most the model's default TTL "
                            "(a request may only shorten it): " + per_model(
                                lambda s: f"{ttl_ceiling[s.name]:g}")},
-        **({"prompt": {"description": "What to draw. Words a model does not know are "
-                       f"ignored, and at least one must be known: {words}."}}
-           if words else {}),
+        "prompt": prompt,
     }
 
 
+def as_form_fields(schema: dict[str, Any]) -> None:
+    """A multipart form's fields are text and cannot be null: drop the null branches, and
+    the "type" of free text (any scalar a client sends arrives as text, and is taken)."""
+    for name, prop in schema["properties"].items():
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop.update(branches[0])
+        prop.pop("default", None)
+        if prop.get("type") == "string" and prop.get("format") != "binary" \
+                and not {"pattern", "enum"} & set(prop):
+            del prop["type"]
+        schema["properties"][name] = prop
+
+
 def document(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
-             vocabularies: Mapping[str, Any]) -> dict[str, Any]:
+             pipelines: Mapping[str, Any]) -> dict[str, Any]:
     schemas = copy.deepcopy(request_schemas())
-    limits = served_limits(specs, policy, vocabularies)
+    limits = served_limits(specs, policy, pipelines)
     for schema in schemas.values():
         for name, keywords in limits.items():
             _narrow(schema, name, keywords)
+    as_form_fields(schemas["ImageEditForm"])
     schemas["RetentionUpdate"]["properties"]["models"]["anyOf"][0]["propertyNames"] = {
         "enum": sorted(specs)}
     paths = copy.deepcopy(PATHS)
-    for operation in (paths["/v1/inference/{model}"]["post"], paths["/v1/models/{model}"]["get"]):
+    for operation in (paths["/v1/inference/{model}"]["post"], paths["/v1/models/{model}"]["get"],
+                      paths["/models/{name}"]["get"]):
         operation["parameters"][0]["schema"]["enum"] = sorted(specs)
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type"],
@@ -333,9 +364,8 @@ def document(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
 async def openapi_json(request: Request) -> JSONResponse:
     services = services_of(request)
     engine = services.engine
-    vocabularies = {name: getattr(pipeline, "vocabulary", None)
-                    for name, pipeline in engine.pipelines.items()}
-    return JSONResponse(document(engine.specs, await services.retention.get(), vocabularies))
+    return JSONResponse(document(engine.specs, await services.retention.get(),
+                                 engine.pipelines))
 
 
 routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -91,6 +91,8 @@ class ShapesPipeline:
     default_steps = DEFAULT_STEPS
     default_guidance = DEFAULT_GUIDANCE
     vocabulary: dict[str, list[str]] = scenes.VOCABULARY
+    # check_prompt passes a prompt with one of these (what /openapi.json states).
+    drawable_words: frozenset[str] = scenes.CONTENT_WORDS
     examples: list[str] = scenes.EXAMPLES
 
     def __init__(
