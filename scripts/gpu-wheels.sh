@@ -13,7 +13,7 @@ packages=(diffusers==0.42.1 starlette==1.10.0 uvicorn==0.54.0 httptools==0.9.0
           apscheduler==3.11.3 tzlocal==5.4.5 cryptography==50.0.2 cffi==2.1.1 pycparser
           redis==8.1.0 importlib-metadata pytest-asyncio pydantic==2.14.4
           pydantic-core==2.50.5 annotated-types typing-inspection python-multipart
-          limits standardwebhooks
+          limits deprecated standardwebhooks
           # the tests' real clients
           openai==3.57.0 httpx2==2.16.2 httpcore2==2.16.2 truststore jiter sniffio)
 for package in "${packages[@]}"; do
