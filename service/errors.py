@@ -36,6 +36,7 @@ __all__ = [
     "StoreFull",
     "StoreUnavailable",
     "TooManyBatches",
+    "TooManyJobs",
     "failure_of",
 ]
 
@@ -105,6 +106,17 @@ class TooManyBatches(ServiceError):
     code = "too_many_batches"
     message = "Too many batches are waiting; retry later."
     retry_after = 30
+
+
+class TooManyJobs(ServiceError):
+    code = "too_many_jobs"
+    message = "Too many job records are held; retry when older ones expire."
+    retry_after = 5.0  # when no held record has an expiry yet
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__()
+        if retry_after is not None:
+            self.retry_after = max(1.0, retry_after)
 
 
 class BatchStorageUnavailable(ServiceError):

@@ -67,6 +67,8 @@ class Settings:
         256, "requests receiving a body at once (beyond it, 503)")
     max_buffered_body_bytes: int = setting(
         128 * 1024 * 1024, "bytes held for bodies being received (beyond it, 503)")
+    max_job_records: int = setting(
+        10_000, "job records held at once, canceled ones too until they expire (beyond, 429)")
     request_timeout: float = setting(120.0, "seconds a generation may take")
     log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")
     auth: str = setting("none", "none | keys: every /v1 call needs an API key")
@@ -130,7 +132,8 @@ class Settings:
 
         for name in ("ttl", "max_ttl", "sweep_interval", "store_max_bytes", "queue_size",
                      "batch_retention", "max_body_bytes", "request_timeout", "client_timeout",
-                     "max_receiving_bodies", "max_buffered_body_bytes", "usage_retention_days",
+                     "max_receiving_bodies", "max_buffered_body_bytes", "max_job_records",
+                     "usage_retention_days",
                      "webhook_retry_seconds"):
             positive(name)
         if not 0 <= self.batch_wait <= 1:

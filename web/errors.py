@@ -71,6 +71,7 @@ DOMAIN_ERRORS: dict[type[Exception], Status] = {
     domain.BatchExpired: Status(410),
     domain.QueueFull: Status(429, "rate_limit_error", RETRY_AFTER_SECONDS),
     domain.TooManyBatches: Status(429, "rate_limit_error"),
+    domain.TooManyJobs: Status(429, "rate_limit_error"),
     tenancy.LimitExceeded: Status(429, "rate_limit_error"),
     domain.StoreFull: Status(503, "server_error", 30),
     domain.StoreUnavailable: Status(503, "server_error", 5),

@@ -88,7 +88,10 @@ class BulkRunner:
     async def submit(self, lines: list[BulkLine], base_url: str,
                      webhook: Subscription | None = None) -> Batch:
         """Seal the lines on disk and queue the batch; every line's TTL is checked first."""
-        if sum(1 for batch in self.batches.values() if not batch.ended) >= MAX_OPEN_BATCHES:
+        # A canceled batch counts until its retention ends: it still holds a record and files.
+        held = sum(1 for batch in self.batches.values()
+                   if not batch.ended or batch.status is BatchStatus.CANCELED)
+        if held >= MAX_OPEN_BATCHES:
             raise TooManyBatches()
         policy = await self.services.retention.get()
         bad = []

@@ -29,6 +29,7 @@ from service.errors import (
     JobCanceled,
     JobEnded,
     JobNotFound,
+    TooManyJobs,
     failure_of,
 )
 from service.generation import (
@@ -151,6 +152,11 @@ class JobRunner:
         """Queue the generation as a new job (QueueFull leaves nothing behind)."""
         now = self.services.clock()
         self.purge(now)
+        if len(self.jobs) >= self.services.settings.max_job_records:
+            # Canceled and failed records count too until they expire: memory stays bounded.
+            expiries = [job.record.expires_at for job in self.jobs.values()
+                        if job.record.expires_at is not None]
+            raise TooManyJobs(min(expiries) - now if expiries else None)
         record = JobRecord(id="job_" + secrets.token_urlsafe(24), model=gen.model,
                            created_at=now, ttl_seconds=ttl)
         job = Job(record, webhook=webhook)
