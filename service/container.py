@@ -126,6 +126,7 @@ def initial_policy(settings: Settings) -> RetentionPolicy:
 def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None) -> Engine:
     """Load every model (blocking: start-up only)."""
     specs = load_specs(settings.models)
+    metrics.models_known(specs)
     # Into CPU RAM; each device's worker moves what fits its budget onto the device.
     weights: Mapping[str, TextToImagePipeline] = {
         name: load_pipeline(spec, OFFLOAD_DEVICE) for name, spec in specs.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -75,6 +77,12 @@ class Metrics:
         """Called from a worker thread; prometheus_client is thread-safe."""
         self.batch_size.observe(images)
         self.device_seconds.observe(device_seconds)
+
+    def models_known(self, models: Iterable[str]) -> None:
+        """Every model's load and eviction series exists from the start, at 0."""
+        for model in models:
+            self.model_loads.labels(model=model)
+            self.model_evictions.labels(model=model)
 
     def model_loaded(self, model: str, seconds: float) -> None:
         self.model_loads.labels(model=model).inc()

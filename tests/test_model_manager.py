@@ -168,6 +168,11 @@ async def test_three_models_over_budget_all_serve(tmp_path: Path, model_bytes: i
         states = {model["id"]: model["state"] for model in listed}
         assert states == {"shapes": "resident", "alpha": "resident", "beta": "offloaded",
                           "gamma": "offloaded"}
+        start = await scrape(client)  # every model's series, from the start
+        assert [value(start, "imagegen_model_loads_total", model=m) for m in states] == [
+            1, 1, 0, 0]
+        assert [value(start, "imagegen_model_evictions_total", model=m) for m in states] == [
+            0] * 4
 
         order = ["alpha", "beta", "gamma", "beta", "alpha", "gamma"] * 2
         responses = await asyncio.gather(*(
@@ -192,8 +197,7 @@ async def test_three_models_over_budget_all_serve(tmp_path: Path, model_bytes: i
                  for m in ("alpha", "beta", "gamma")}
         assert all(count >= 2 for count in loads.values())
         assert value(metrics, "imagegen_model_evictions_total", model="shapes") == 1
-        # A model never evicted has no series yet.
-        evictions = sum(metrics.get(("imagegen_model_evictions_total", (("model", m),)), 0)
+        evictions = sum(value(metrics, "imagegen_model_evictions_total", model=m)
                         for m in ("shapes", "alpha", "beta", "gamma"))
         # Every model ever loaded is evicted again, except the two resident now.
         assert sum(loads.values()) + 1 == evictions + 2
