@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
 import torch
 
 from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
+from imagegen.adapters import Adapter, AdapterCatalog, Weights
 from imagegen.families import check_offered
 from imagegen.model_manager import ModelEvents, ModelManager, ModelState, budget_bytes
 from imagegen.pipelines.base import TextToImagePipeline
@@ -31,6 +33,7 @@ class Engine:
         weights: Mapping[str, TextToImagePipeline] | None = None,
         events: ModelEvents | None = None,
         on_compile: Callable[[bool], None] | None = None,
+        adapters: AdapterCatalog | None = None,
     ) -> None:
         """`pipelines` are what the workers call; `weights` the same models unwrapped,
         which the model managers move (tests wrap pipelines to inject faults)."""
@@ -41,6 +44,7 @@ class Engine:
         by_device: dict[str, list[str]] = {}
         for name in self.pipelines:
             by_device.setdefault(str(resolve_device(self.specs[name])), []).append(name)
+        self.adapters = adapters or AdapterCatalog(time.time)
         self._batchers: dict[str, Batcher] = {}
         self._workers: dict[str, Worker] = {}
         self._models: dict[str, ModelManager] = {}
@@ -134,10 +138,21 @@ class Engine:
         """
         spec = self.specs[request.params.model]
         check_offered(spec.name, spec.traits, request)
+        if request.loras:
+            uses = self.adapters.resolve(spec.name, request.loras, request.owner)
+            request = dataclasses.replace(
+                request, params=dataclasses.replace(request.params, loras=uses))
         ticket = Ticket(request=request, lane=lane, timeout_seconds=timeout_seconds,
                         on_progress=on_progress, on_queue=on_queue)
         self._batcher_for(request.params.model).submit(ticket)
         return ticket
+
+    def add_adapter(self, model: str, weights: Weights, owner: str,
+                    expires_at: float) -> Adapter:
+        """Keep an upload for its owner until expires_at; AdapterInvalid when it does not
+        fit the model. Checked against layer shapes read at load, off the worker."""
+        self.pipelines[model].check_adapter(weights, model)
+        return self.adapters.add_upload(model, weights, owner, expires_at)
 
     def cancel(self, ticket: Ticket) -> None:
         """Cancel a queued ticket at once, or a running one at its next step."""

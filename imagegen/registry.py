@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from imagegen.adapters import UPLOAD_ID_PREFIX, AdapterCatalog, AdapterInvalid, read_adapter
 from imagegen.families import SHAPES, SHAPES_FAMILY, Family, FamilyError, family_of_directory
 from imagegen.pipelines.base import TextToImagePipeline
 
@@ -18,6 +20,7 @@ EMBEDDED_MODEL_NAME = "shapes"
 # `family` in models.toml is optional: a directory's model_index.json says which family
 # it is (the embedded kind, or one of diffusers'); a family named there must agree.
 DIFFUSERS = "diffusers"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -53,6 +56,8 @@ class ModelSpec:
     fuse_qkv: bool = False
     # Batch sizes a compiled model runs at (others are padded up to one); () = powers of 2.
     batch_buckets: tuple[int, ...] = ()
+    # The operator's LoRA adapters ([models.NAME.loras] name = "file.safetensors").
+    loras: tuple[tuple[str, Path], ...] = ()
 
     def allows_size(self, width: int, height: int) -> bool:
         return (width, height) in self.sizes
@@ -183,6 +188,7 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
     for listed in ("examples", "batch_buckets"):
         if isinstance(fields.get(listed), list):
             fields[listed] = tuple(fields[listed])
+    fields["loras"] = _adapter_files(where, traits, table.get("loras", {}), base_dir)
     try:
         spec = ModelSpec(name=name, path=path, family=traits.name, sizes=sizes,
                          default_size=default_size, traits=traits, **fields)
@@ -226,6 +232,43 @@ def _read_models_file(models_file: Path) -> dict[str, Any]:
         return tomllib.loads(models_file.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ModelConfigError(f"models file cannot be read: {type(exc).__name__}") from None
+def _adapter_files(where: str, traits: Family, table: Any,
+                   base_dir: Path) -> tuple[tuple[str, Path], ...]:
+    """[models.NAME.loras]: adapter name -> a safetensors file (relative to the models file)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not isinstance(table, dict):
+        raise ModelConfigError(f"{where}.loras must be a table of name = \"file\"")
+    if table and not traits.adapters:
+        raise ModelConfigError(f"{where}.loras: the {traits.name} family takes no adapters")
+    files = []
+    for name, value in table.items():
+        field_name = f"{where}.loras.{name}"
+        if not ADAPTER_NAME.fullmatch(name) or name.startswith(UPLOAD_ID_PREFIX):
+            raise ModelConfigError(f"{field_name}: a name is 1-64 letters, digits, '-', '_' "
+                                   f"or '.', not starting with {UPLOAD_ID_PREFIX!r}")
+        if not isinstance(value, str):
+            raise ModelConfigError(f"{field_name} must be a file path")
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        try:  # the header only: the weights are read once, when the model loads
+            with safe_open(path, "pt"):
+                pass
+        except (OSError, SafetensorError):
+            raise ModelConfigError(f"{field_name} is not a readable safetensors file") from None
+        files.append((name, path))
+    return tuple(files)
+
+
+def load_adapters(spec: ModelSpec, pipeline: TextToImagePipeline,
+                  catalog: AdapterCatalog) -> None:
+    """Read the model's registered adapters into memory, once; each must fit the model."""
+    for name, path in spec.loras:
+        try:
+            weights = read_adapter(path.read_bytes(), spec.name)
+            pipeline.check_adapter(weights, spec.name)
+        except AdapterInvalid as exc:
+            raise ModelConfigError(f"models.{spec.name}.loras.{name}: {exc.message}") from None
+        catalog.register(spec.name, name, weights)
 
 
 def load_specs(models_file: Path | None) -> dict[str, ModelSpec]:

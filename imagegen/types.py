@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from imagegen.adapters import ANYONE, AdapterChoice, LoraUse
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -16,6 +18,8 @@ class SamplingParams:
     height: int
     num_inference_steps: int
     guidance_scale: float
+    # The adapters applied, at their scales (resolved from the request's choices on submit).
+    loras: tuple[LoraUse, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,9 @@ class GenerationRequest:
     want_previews: bool = False
     # Steps (0-based) after which every image's latents are shown at full size (streaming).
     partial_image_steps: frozenset[int] = frozenset()
+    # Adapters of the model by name; uploaded ones must be the owner's.
+    loras: tuple[AdapterChoice, ...] = ()
+    owner: str = ANYONE
 
 
 @dataclass(slots=True)

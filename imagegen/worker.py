@@ -278,6 +278,7 @@ class Worker:
                 mask_images=mask_images if has_inputs else None,
                 strength=batch[0].request.strength,
                 step_callback=step_callback,
+                loras=params.loras,
             )
         if self.models.device.type == "cuda":
             torch.cuda.synchronize(self.models.device)

@@ -26,6 +26,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from imagegen.adapters import Adapter, AdapterInvalid, LoraUse, Weights
 from imagegen.families import Family
 from imagegen.pipelines.base import Cancelled, PipelineOutput
 
@@ -33,6 +34,12 @@ StepCallback = Callable[[int, int, torch.Tensor], bool]
 # A diffusers pipeline object (StableDiffusionPipeline, FluxPipeline...): their
 # classes are resolved lazily at run time and type-check as untyped.
 Diffusers = Any
+
+# Adapters kept loaded in a model at once; the least recently used beyond it are unloaded.
+MAX_LOADED_ADAPTERS = 8
+# The down (A) and up (B) matrices of a LoRA layer, in diffusers' and peft's spellings.
+_LORA_DOWN = (".lora.down.weight", ".lora_A.weight", ".lora_down.weight")
+_LORA_UP = (".lora.up.weight", ".lora_B.weight", ".lora_up.weight")
 
 
 class DiffusersPipeline:
@@ -60,6 +67,63 @@ class DiffusersPipeline:
         # own copy, and a lock, as check_prompt runs on the event loop and the worker.
         self._prompt_tokenizer = copy.deepcopy(tokenizer)
         self._prompt_lock = threading.Lock()
+        # (in, out) features of every layer an adapter may change, read before any is loaded.
+        self._adapter_targets = _layer_shapes(text2image) if family.adapters else {}
+        self._loaded: dict[str, Adapter] = {}  # by key, least recently used first
+
+    def check_adapter(self, weights: Weights, model: str) -> None:
+        """Refuse weights that are not a LoRA of this model's layers (before any is loaded)."""
+        if not self.family.adapters:
+            raise AdapterInvalid(f"Model '{model}' ({self.family.name}) takes no adapters.",
+                                 "model")
+        normal = type(self.text2image).lora_state_dict(dict(weights))
+        state = normal[0] if isinstance(normal, tuple) else normal
+        matrices = 0
+        for key, tensor in state.items():
+            for suffixes, side in ((_LORA_DOWN, 0), (_LORA_UP, 1)):
+                suffix = next((x for x in suffixes if key.endswith(x)), None)
+                if suffix is None:
+                    continue
+                shape = self._adapter_targets.get(key[:-len(suffix)])
+                # down: (rank, in_features, ...); up: (out_features, rank, ...)
+                wanted = None if shape is None else shape[side]
+                if tensor.dim() < 2 or tensor.shape[1 - side] != wanted:
+                    raise AdapterInvalid(f"The adapter does not fit model '{model}': its "
+                                         "layers are not the model's.", "file")
+                matrices += 1
+        if matrices == 0:
+            raise AdapterInvalid(f"The adapter holds no LoRA weights for model '{model}'.",
+                                 "file")
+
+    def _use_adapters(self, loras: tuple[LoraUse, ...]) -> None:
+        """Exactly these adapters at these scales for the next call; none when empty."""
+        keep = {use.adapter.key for use in loras}
+        for key, adapter in list(self._loaded.items()):
+            if key not in keep and (adapter.deleted
+                                    or len(self._loaded) + len(loras) > MAX_LOADED_ADAPTERS):
+                self.text2image.delete_adapters(key)
+                del self._loaded[key]
+        for use in loras:
+            key = use.adapter.key
+            if key not in self._loaded:
+                try:
+                    # A copy: diffusers pops the keys it consumes from the dict it is given.
+                    self.text2image.load_lora_weights(dict(use.adapter.weights),
+                                                      adapter_name=key)
+                except Exception:
+                    loaded = self.text2image.get_list_adapters().values()
+                    if any(key in names for names in loaded):  # half loaded
+                        self.text2image.delete_adapters(key)
+                    raise
+            self._loaded.pop(key, None)
+            self._loaded[key] = use.adapter  # most recently used last
+        if not loras:
+            if self._loaded:
+                self.text2image.disable_lora()
+            return
+        self.text2image.enable_lora()
+        self.text2image.set_adapters([use.adapter.key for use in loras],
+                                     [use.scale for use in loras])
 
     def components(self) -> dict[str, torch.nn.Module]:
         return {name: component for name, component in self.text2image.components.items()
@@ -95,11 +159,14 @@ class DiffusersPipeline:
         mask_images: list[Image.Image | None] | None = None,
         strength: float = 0.8,
         step_callback: StepCallback | None = None,
+        loras: tuple[LoraUse, ...] = (),
     ) -> PipelineOutput:
         """One image per prompt; prompts[i] is sampled with generators[i]."""
         if len(negative_prompts) != len(prompts) or len(generators) != len(prompts):
             raise ValueError("prompts, negative_prompts and generators must have the same length")
         ignored = [self.check_prompt(p) for p in prompts]
+        if self.family.adapters:
+            self._use_adapters(loras)
         arguments: dict[str, Any] = {
             **self.family.call_options,
             "prompt": prompts,
@@ -155,6 +222,20 @@ def _on_step_end(step_callback: StepCallback | None) -> Callable[..., dict[str, 
         return tensors
 
     return on_step_end
+
+
+def _layer_shapes(pipeline: Diffusers) -> dict[str, tuple[int, int]]:
+    """'component.module.path' -> (in, out) features, for every linear and conv layer."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for component_name, component in pipeline.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for name, module in component.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                shapes[f"{component_name}.{name}"] = (module.in_features, module.out_features)
+            elif isinstance(module, torch.nn.Conv2d):
+                shapes[f"{component_name}.{name}"] = (module.in_channels, module.out_channels)
+    return shapes
 
 
 def load_diffusers_pipeline(path: Path, family: Family, device: torch.device,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # adapters import this module's errors
+    from imagegen.adapters import LoraUse, Weights
 
 
 class PromptError(ValueError):
@@ -61,12 +64,18 @@ class TextToImagePipeline(Protocol):
         mask_images: list[Image.Image | None] | None = None,
         strength: float = 0.8,
         step_callback: Callable[[int, int, torch.Tensor], bool] | None = None,
+        loras: tuple[LoraUse, ...] = (),
     ) -> PipelineOutput:
         """One image per prompt; prompts[i] is sampled with generators[i].
 
         step_callback(step, total, latents) runs after each step; returning
         False stops sampling (cancellation) and the call raises Cancelled.
+        loras: the adapters for this call only; none carry over to the next.
         """
+        ...
+
+    def check_adapter(self, weights: Weights, model: str) -> None:
+        """Raise AdapterInvalid unless the weights are a LoRA adapter of this model."""
         ...
 
 

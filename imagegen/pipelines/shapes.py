@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from imagegen import scenes
+from imagegen.adapters import AdapterInvalid, LoraUse, Weights
 from imagegen.pipelines.base import Cancelled, PipelineOutput, PromptError
 
 PAD = "<pad>"
@@ -125,6 +126,9 @@ class ShapesPipeline:
     def trained_steps(self) -> int:
         return int(self.text_encoder.config.trained_steps)
 
+    def check_adapter(self, weights: Weights, model: str) -> None:
+        raise AdapterInvalid(f"Model '{model}' (shapes) takes no adapters.", "model")
+
     def check_prompt(self, prompt: str) -> int:
         ids, ignored = self._tokenize(prompt)
         if not self._content_ids.intersection(ids):
@@ -155,8 +159,11 @@ class ShapesPipeline:
         mask_images: list[Image.Image | None] | None = None,
         strength: float = 0.8,
         step_callback: Callable[[int, int, torch.Tensor], bool] | None = None,
+        loras: tuple[LoraUse, ...] = (),
     ) -> PipelineOutput:
         """One image per prompt; prompts[i] is sampled with generators[i]."""
+        if loras:  # the engine resolves none for this model: check_adapter refuses them all
+            raise ValueError("the shapes model takes no adapters")
         self._check_inputs(
             prompts, negative_prompts, generators, width, height, init_images, mask_images, strength
         )
