@@ -29,8 +29,6 @@ from safetensors.torch import load as load_safetensors
 from imagegen.pipelines.base import RequestRefused
 
 Weights = dict[str, torch.Tensor]
-# The one owner when the service runs without API keys: every caller is the same principal.
-ANYONE = "anyone"
 MAX_ADAPTERS_PER_REQUEST = 4
 UPLOAD_ID_PREFIX = "lora_"
 
@@ -135,7 +133,7 @@ class AdapterCatalog:
             return [a for a in self._uploads.values() if a.owner == owner and a.model == model]
 
     def resolve(self, model: str, choices: Iterable[AdapterChoice],
-                owner: str) -> tuple[LoraUse, ...]:
+                owner: str | None) -> tuple[LoraUse, ...]:
         """The adapters a request names, for its model; RequestRefused names a bad one."""
         uses: list[LoraUse] = []
         with self._lock:
@@ -148,7 +146,7 @@ class AdapterCatalog:
         # One order for one set: the same adapters in any order batch together.
         return tuple(sorted(uses, key=lambda use: use.adapter.key))
 
-    def _find(self, model: str, name: str, owner: str) -> Adapter:
+    def _find(self, model: str, name: str, owner: str | None) -> Adapter:
         adapter = self._registered.get(model, {}).get(name)
         upload = self._uploads.get(name)
         if adapter is None and upload is not None and upload.owner == owner:

@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
 from imagegen.adapters import Adapter, AdapterCatalog, Weights
+from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
 from imagegen.families import check_offered
 from imagegen.model_manager import ModelEvents, ModelManager, ModelState, budget_bytes
 from imagegen.pipelines.base import TextToImagePipeline

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from imagegen.adapters import ANYONE, AdapterChoice, LoraUse
+from imagegen.adapters import AdapterChoice, LoraUse
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +39,9 @@ class GenerationRequest:
     want_previews: bool = False
     # Steps (0-based) after which every image's latents are shown at full size (streaming).
     partial_image_steps: frozenset[int] = frozenset()
-    # Adapters of the model by name; uploaded ones must be the owner's.
+    # Adapters of the model by name; uploaded ones must be the owner's (None: no uploads).
     loras: tuple[AdapterChoice, ...] = ()
-    owner: str = ANYONE
+    owner: str | None = None
 
 
 @dataclass(slots=True)

@@ -7,11 +7,18 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from imagegen.adapters import AdapterCatalog
 from imagegen.encode import Encoder
 from imagegen.engine import Engine
 from imagegen.model_manager import OFFLOAD_DEVICE, ModelEvents
 from imagegen.pipelines.base import TextToImagePipeline
-from imagegen.registry import EMBEDDED_MODEL_NAME, load_devices, load_pipeline, load_specs
+from imagegen.registry import (
+    EMBEDDED_MODEL_NAME,
+    load_adapters,
+    load_devices,
+    load_pipeline,
+    load_specs,
+)
 from service.bulk.runner import BulkRunner
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
@@ -123,13 +130,17 @@ def initial_policy(settings: Settings) -> RetentionPolicy:
     )
 
 
-def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None) -> Engine:
-    """Load every model (blocking: start-up only)."""
+def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | None,
+                clock: Clock) -> Engine:
+    """Load every model and its registered adapters (blocking: start-up only)."""
     specs = load_specs(settings.models)
     metrics.models_known(specs)
     # Into CPU RAM; each device's worker moves what fits its budget onto the device.
     weights: Mapping[str, TextToImagePipeline] = {
         name: load_pipeline(spec, OFFLOAD_DEVICE) for name, spec in specs.items()}
+    adapters = AdapterCatalog(clock)
+    for name, spec in specs.items():
+        load_adapters(spec, weights[name], adapters)
     pipelines = weights
     if wrap is not None:
         pipelines = {name: wrap(name, pipeline) for name, pipeline in weights.items()}
@@ -137,7 +148,7 @@ def load_engine(settings: Settings, metrics: Metrics, wrap: PipelineWrapper | No
                   micro_batch_wait=settings.batch_wait, devices=load_devices(settings.models),
                   weights=weights,
                   events=ModelEvents(loaded=metrics.model_loaded, evicted=metrics.model_evicted),
-                  on_compile=metrics.compiled)
+                  on_compile=metrics.compiled, adapters=adapters)
 
 
 def create_tenancy(settings: Settings, clock: Clock) -> Tenancy:
@@ -163,7 +174,8 @@ async def open_services(settings: Settings, clock: Clock,
                         wrap_pipeline: PipelineWrapper | None = None) -> Services:
     """Build every component (models load in a thread); nothing runs until start()."""
     metrics = Metrics()
-    engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline)
+    engine = await asyncio.to_thread(load_engine, settings, metrics, wrap_pipeline,
+                                     clock)
     return assemble(settings, clock, engine, metrics)
 
 

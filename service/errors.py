@@ -17,6 +17,7 @@ from imagegen.worker import DeadlineExceeded, DeviceOutOfMemory, JobCanceled, Pi
 from store import StoreFull, StoreUnavailable
 
 __all__ = [
+    "AdapterNotFound",
     "BatchEnded",
     "BatchExpired",
     "BatchNotFound",
@@ -74,6 +75,11 @@ class InvalidInput(ServiceError):
     """The request breaks a rule the service checks (prompt words, the TTL policy)."""
 
     code = "invalid_value"
+
+
+class AdapterNotFound(ServiceError):
+    code = "lora_not_found"
+    message = "The adapter does not exist or has expired."
 
 
 class JobNotFound(ServiceError):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from imagegen.adapters import AdapterChoice
 from imagegen.batcher import Lane, Ticket
 from imagegen.encode import CONTENT_TYPES
 from imagegen.pipelines.base import PromptError
@@ -30,6 +31,7 @@ from imagegen.types import (
     Started,
 )
 from service.errors import DeadlineExceeded, InvalidInput
+from service.tenancy.principal import ANONYMOUS_ID
 from store.retention import TTLRejected
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ class GenerationInput:
     response_format: str  # "url" | "b64_json" | "data_url"
     strength: float = 0.8
     output_compression: int | None = None  # webp/jpeg quality; the encoder's default if None
+    loras: tuple[AdapterChoice, ...] = ()
+    owner: str = ANONYMOUS_ID  # the principal: uploaded adapters are reachable to it only
 
     @property
     def stores_images(self) -> bool:
@@ -182,6 +186,8 @@ def to_request(
         strength=gen.strength,
         want_previews=want_previews,
         partial_image_steps=partial_image_steps,
+        loras=gen.loras,
+        owner=gen.owner,
     )
 
 

@@ -61,6 +61,9 @@ class Settings:
         "the temporary directory)")
     public_url: str | None = setting(None, "base of image URLs, behind a proxy")
     max_body_bytes: int = setting(16 * 1024 * 1024, "largest request body, bytes")
+    max_lora_bytes: int = setting(
+        64 * 1024 * 1024, "largest uploaded LoRA adapter (POST /v1/loras), bytes; it is held "
+        "in memory while it lives")
     client_timeout: float = setting(
         60.0, "seconds a client has to send its request's headers, and its body (else 408)")
     max_receiving_bodies: int = setting(
@@ -133,8 +136,7 @@ class Settings:
         for name in ("ttl", "max_ttl", "sweep_interval", "store_max_bytes", "queue_size",
                      "batch_retention", "max_body_bytes", "request_timeout", "client_timeout",
                      "max_receiving_bodies", "max_buffered_body_bytes", "max_job_records",
-                     "usage_retention_days",
-                     "webhook_retry_seconds"):
+                     "usage_retention_days", "webhook_retry_seconds", "max_lora_bytes"):
             positive(name)
         if not 0 <= self.batch_wait <= 1:
             raise SettingsError("IMAGEGEN_BATCH_WAIT must be between 0 and 1 (seconds)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,3 +24,12 @@ torch.set_num_threads(1)
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with running_app() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random-weight diffusers directory per family, built once per test session."""
+    from tests import tiny_families
+
+    root = tmp_path_factory.mktemp("families")
+    return {kind: tiny_families.build(kind, root / kind) for kind in tiny_families.KINDS}

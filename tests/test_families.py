@@ -31,13 +31,6 @@ FAMILY_OF = {"sd15": "stable-diffusion", "sdxl": "stable-diffusion-xl",
              "sana": "sana"}
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One tiny directory per family, built once per test session."""
-    root = tmp_path_factory.mktemp("families")
-    return {kind: tiny_families.build(kind, root / kind) for kind in tiny_families.KINDS}
-
-
 def models_toml(directory: Path, family_dirs: dict[str, Path], extra: str = "") -> Path:
     path = directory / "models.toml"
     path.write_text("".join(

@@ -39,6 +39,9 @@ from transformers import (
 
 from bench import random_sd
 
+# The attention projections a LoRA usually trains, in every family's denoiser.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
 # Every family the tests serve; SD 1.5 and SDXL come from bench.random_sd's toys.
 KINDS = ("sd15", "sdxl", "sd3", "flux", "pixart-sigma", "sana")
 SIZE = 32
@@ -150,3 +153,24 @@ def build(kind: str, directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     _BUILDERS[kind](directory).save_pretrained(directory / kind)
     return directory / kind
+
+
+def lora_bytes(model_dir: Path, seed: int, rank: int = 4) -> bytes:
+    """A random LoRA of the model's denoiser as safetensors bytes, in the format diffusers'
+    save_lora_weights writes; strong enough (up-weights not zero) to change every image."""
+    from diffusers import AutoPipelineForText2Image
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save
+
+    pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, local_files_only=True)
+    component = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    denoiser = getattr(pipeline, component)
+    torch.manual_seed(seed)
+    denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS,
+                                    init_lora_weights="gaussian"))
+    for name, parameter in denoiser.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    return save({f"{component}.{key}": value.contiguous() for key, value in state.items()})

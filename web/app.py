@@ -19,6 +19,7 @@ from web import (
     edits,
     images,
     jobs,
+    loras,
     native_api,
     openai_api,
     openapi,
@@ -56,7 +57,7 @@ def create_app(
 
     routes = [*images.routes, *openai_api.routes, *edits.routes, *native_api.routes,
               *jobs.routes, *admin.routes, *ops.routes, *openapi.routes, *demo.routes,
-              *batches.routes, *tenancy_api.routes, *webhooks_api.routes]
+              *batches.routes, *tenancy_api.routes, *webhooks_api.routes, *loras.routes]
     return Starlette(
         routes=routes,
         # ImageHits first: it answers image hits before the other layers.

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.generation import generate
+from web.auth import principal_of
 from web.body import read_body, require_media_type
 from web.errors import bad_request
 from web.generation_params import find_model, parse_openai
@@ -54,7 +55,7 @@ async def create_edit(request: Request) -> Response:
     form = validate(ImageEditForm, {**fields, "image": image,
                                     "mask": upload(files, fields, "mask")}, strict=False)
     spec = find_model(services.engine.specs, form.model, services.default_model)
-    gen = parse_openai(spec, form, form.strength)
+    gen = parse_openai(spec, form, form.strength, owner=principal_of(request).id)
     inputs = await load_inputs(form.image, form.mask, (gen.width, gen.height), "image", "mask")
     log_generation(request, gen, None)
     partials = requested_partials(form.stream, form.partial_images)

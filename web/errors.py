@@ -62,6 +62,7 @@ DOMAIN_ERRORS: dict[type[Exception], Status] = {
     tenancy.MissingKey: Status(401, "authentication_error"),
     tenancy.KeyRejected: Status(403, "permission_error"),
     tenancy.KeyNotFound: Status(404),
+    domain.AdapterNotFound: Status(404),
     domain.JobNotFound: Status(404),
     domain.BatchNotFound: Status(404),
     domain.JobEnded: Status(409),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from imagegen.adapters import AdapterChoice
 from imagegen.registry import ModelSpec
 from service.generation import GenerationInput
+from service.tenancy.principal import ANONYMOUS_ID
 from web.errors import ApiError, bad_request
 from web.request_models import (
     MAX_SEED,
@@ -55,28 +57,30 @@ def _common(spec: ModelSpec, body: GenerationFields, n_field: str, n: int | None
         "output_format": body.output_format or "png",
         "output_compression": body.output_compression,
         "strength": DEFAULT_STRENGTH if strength is None else strength,
+        "loras": tuple(AdapterChoice(lora.name, lora.scale) for lora in body.loras or ()),
     }
 
 
-def parse_openai(spec: ModelSpec, body: ImageGenerationRequest,
-                 strength: float | None = None) -> GenerationInput:
+def parse_openai(spec: ModelSpec, body: ImageGenerationRequest, strength: float | None = None,
+                 owner: str = ANONYMOUS_ID) -> GenerationInput:
     if body.size is None:
         width, height = spec.default_size
     else:
         width, height = (int(side) for side in body.size.split("x"))
         check_size(spec, width, height, "size")
     return GenerationInput(width=width, height=height,
-                           response_format=body.response_format or "url",
+                           response_format=body.response_format or "url", owner=owner,
                            **_common(spec, body, "n", body.n, strength))
 
 
-def parse_native(spec: ModelSpec, body: NativeFields,
-                 strength: float | None = None) -> GenerationInput:
+def parse_native(spec: ModelSpec, body: NativeFields, strength: float | None = None,
+                 owner: str = ANONYMOUS_ID) -> GenerationInput:
     default_width, default_height = spec.default_size
     width = default_width if body.width is None else body.width
     height = default_height if body.height is None else body.height
     check_size(spec, width, height, "width")
     return GenerationInput(width=width, height=height, response_format=body.output or "url",
+                           owner=owner,
                            **_common(spec, body, "num_images", body.num_images, strength))
 
 

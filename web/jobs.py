@@ -18,6 +18,7 @@ from service.container import Services
 from service.generation import GenerationInput, admit, input_log_fields
 from service.jobs.runner import IdempotencyKey, Job, JobRunner
 from service.jobs.state import TERMINAL_EVENTS, JobEvent
+from web.auth import principal_of
 from web.body import read_model
 from web.errors import bad_request
 from web.generation_params import find_model, parse_native
@@ -72,9 +73,9 @@ def accepted(job: Job, replayed: bool) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers=headers)
 
 
-def parse_job(services: Services, body: JobRequest) -> GenerationInput:
+def parse_job(services: Services, body: JobRequest, owner: str) -> GenerationInput:
     spec = find_model(services.engine.specs, body.model, services.default_model)
-    return parse_native(spec, body, body.strength)
+    return parse_native(spec, body, body.strength, owner=owner)
 
 
 async def create_job(request: Request) -> JSONResponse:
@@ -86,7 +87,7 @@ async def create_job(request: Request) -> JSONResponse:
     if key is not None and (earlier := jobs.replay(key)) is not None:
         log_fields(request, job_id_hash=job_id_hash(earlier.record.id))
         return accepted(earlier, replayed=True)
-    gen = parse_job(services, body)
+    gen = parse_job(services, body, principal_of(request).id)
     log_fields(request, **input_log_fields(gen))
     ttl = await admit(services, gen)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.generation import generate
+from web.auth import principal_of
 from web.body import read_model
 from web.generation_params import find_model, parse_native
 from web.image_inputs import native_inputs
@@ -24,7 +25,7 @@ async def infer(request: Request) -> JSONResponse:
     started = time.perf_counter()
     spec = find_model(services.engine.specs, request.path_params["model"], "")
     body = await read_model(request, InferenceRequest, services.settings.max_body_bytes)
-    gen = parse_native(spec, body, body.strength)
+    gen = parse_native(spec, body, body.strength, owner=principal_of(request).id)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),

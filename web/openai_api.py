@@ -8,8 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imagegen.engine import Engine
 from imagegen.registry import ModelSpec
 from service.generation import Generated, GenerationInput, generate, input_log_fields
+from web.auth import principal_of
 from web.body import read_model
 from web.generation_params import find_model, parse_openai
 from web.openai_stream import requested_partials, stream_images
@@ -30,7 +32,7 @@ async def create_image(request: Request) -> Response:
     services = services_of(request)
     body = await read_model(request, ImageGenerationRequest, services.settings.max_body_bytes)
     spec = find_model(services.engine.specs, body.model, services.default_model)
-    gen = parse_openai(spec, body)
+    gen = parse_openai(spec, body, owner=principal_of(request).id)
     log_generation(request, gen, None)
     partials = requested_partials(body.stream, body.partial_images)
     if partials is not None:
@@ -58,38 +60,46 @@ def images_response(generated: Generated) -> dict[str, object]:
     }
 
 
-def describe_model(spec: ModelSpec, vocabulary: object, state: str) -> dict[str, object]:
+def describe_model(engine: Engine, spec: ModelSpec, owner: str) -> dict[str, object]:
+    traits = spec.traits
     return {
         "id": spec.name,
         "object": "model",
         "created": DEFAULT_MODEL_CREATED,
         "owned_by": "imagegen",
         "description": spec.description,
+        "family": spec.family,
         "sizes": [f"{w}x{h}" for w, h in spec.sizes],
         "default_size": f"{spec.default_size[0]}x{spec.default_size[1]}",
         "defaults": {"num_inference_steps": spec.default_steps,
                      "guidance_scale": spec.default_guidance},
         "limits": {"max_n": spec.max_n, "max_inference_steps": spec.max_steps},
+        "capabilities": {"image_to_image": traits.image_to_image,
+                         "inpainting": traits.inpainting,
+                         "negative_prompt": traits.negative_prompt,
+                         "loras": traits.adapters},
+        # The operator's adapters, then the caller's own uploads (by id, with their expiry).
+        "loras": [{"name": name, "source": "operator"}
+                  for name in engine.adapters.registered(spec.name)]
+        + [{"name": upload.name, "source": "upload", "expires_at": upload.expires_at}
+           for upload in engine.adapters.uploads_of(owner, spec.name)],
         "examples": list(spec.examples),
-        "vocabulary": vocabulary,
-        "state": state,  # resident | offloaded | loading: where its weights are
+        "vocabulary": getattr(engine.pipelines[spec.name], "vocabulary", None),
+        "state": engine.model_state(spec.name),  # resident | offloaded | loading
     }
 
 
 async def list_models(request: Request) -> JSONResponse:
     engine = services_of(request).engine
-    data = [describe_model(spec, getattr(engine.pipelines[name], "vocabulary", None),
-                           engine.model_state(name))
-            for name, spec in engine.specs.items()]
+    owner = principal_of(request).id
+    data = [describe_model(engine, spec, owner) for spec in engine.specs.values()]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> JSONResponse:
     engine = services_of(request).engine
     spec = find_model(engine.specs, request.path_params["model"], "")
-    return JSONResponse(describe_model(spec, getattr(engine.pipelines[spec.name],
-                                                     "vocabulary", None),
-                                       engine.model_state(spec.name)))
+    return JSONResponse(describe_model(engine, spec, principal_of(request).id))
 
 
 routes = [

@@ -28,6 +28,7 @@ from web.request_models import (
     InferenceRequest,
     JobRequest,
     KeyCreate,
+    LoraUpload,
     RequestModel,
     RetentionUpdate,
 )
@@ -35,7 +36,7 @@ from web.routing import services_of
 
 REQUEST_MODELS: tuple[type[RequestModel], ...] = (
     ImageGenerationRequest, ImageEditForm, InferenceRequest, JobRequest, BatchLine,
-    RetentionUpdate, KeyCreate)
+    RetentionUpdate, KeyCreate, LoraUpload)
 ERROR = {"$ref": "#/components/schemas/Error"}
 # What any request may be answered, whatever it asks: too slow a client (408), too many
 # bodies being received at once (503, with Retry-After).
@@ -110,6 +111,24 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/models": {"get": {"summary": "List models", "responses": _responses("Models")}},
     "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [MODEL_PARAM],
                                    "responses": _responses("Model", 404)}},
+    "/v1/loras": {"post": {
+        "operationId": "upload_lora",
+        "summary": "Upload a private LoRA adapter (.safetensors), held in memory only, yours "
+                   "until it expires like an image; its id is then a `loras` name",
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "model": {"type": "string"}, "ttl_seconds": {"type": "integer"}}}},
+            "application/json": {"schema": ref(LoraUpload)}}},
+        "responses": _responses("The adapter's id, model and expires_at", *BODY_ERRORS, 404,
+                                ok_status="201")}},
+    "/v1/loras/{lora_id}": {
+        "get": {"operationId": "get_lora", "summary": "Your uploaded adapter",
+                "parameters": [_path_param("lora_id")], "responses": _responses("Adapter", 404)},
+        "delete": {"operationId": "delete_lora", "summary": "Delete your uploaded adapter now",
+                   "parameters": [_path_param("lora_id")],
+                   "responses": _responses("Deleted", 404, ok_status="204")}},
     "/v1/jobs": {"post": {
         "operationId": "create_job",
         "summary": "Queue a generation as an async job (native body plus model, previews)",

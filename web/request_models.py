@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from imagegen.adapters import MAX_ADAPTERS_PER_REQUEST
 from store.retention import MAX_LIFETIME_SECONDS
 from web.errors import ApiError
 
@@ -74,6 +75,18 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
+class LoraChoice(RequestModel):
+    """One adapter for this request only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200, description="An adapter of the "
+                               "model: the operator's (GET /v1/models lists them) or the id "
+                               "of one you uploaded (POST /v1/loras).")]
+    scale: Annotated[float, Field(ge=-4, le=4, allow_inf_nan=False,
+                                  description="How strongly it applies (1: as trained).")] = 1.0
+
+
 class GenerationFields(RequestModel):
     """What every generation surface takes."""
 
@@ -85,6 +98,9 @@ class GenerationFields(RequestModel):
     ttl_seconds: TtlSeconds | None = None
     output_format: OutputFormat | None = None
     output_compression: OutputCompression | None = None
+    loras: Annotated[list[LoraChoice], Field(max_length=MAX_ADAPTERS_PER_REQUEST,
+                                             description="Adapters (LoRA) of the model, "
+                                             "applied to this request only.")] | None = None
 
 
 class ImageGenerationRequest(GenerationFields):
@@ -180,6 +196,17 @@ class BatchLine(RequestModel):
     custom_id: Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS,
                                      description="Unique in the batch.")]
     body: BatchLineBody
+
+
+class LoraUpload(RequestModel):
+    """POST /v1/loras as JSON: a safetensors file in base64 (or a multipart form: `file`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName | None = None
+    data: Annotated[str, Field(description="The adapter's .safetensors bytes, base64 "
+                               "(required in JSON).")] | None = None
+    ttl_seconds: TtlSeconds | None = None
 
 
 Lifetime = Annotated[float, Field(ge=1, le=MAX_LIFETIME_SECONDS, allow_inf_nan=False,
