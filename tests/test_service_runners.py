@@ -241,3 +241,12 @@ async def test_a_line_stuck_on_the_device_fails_with_a_timeout_and_the_next_runs
         assert [r["error"] and r["error"]["code"] for r in records] == ["timeout", None]
     finally:
         await services.bulk.stop()
+
+
+async def test_stopping_lets_a_job_whose_result_is_in_store_it(tmp_path: Path) -> None:
+    services, engine = make_services(tmp_path, FakeClock())
+    job = services.jobs.start(gen_input(), 600, BASE, "req_1")
+    engine.finish(engine.take())  # the device's last result, as shutdown drains it
+    await services.jobs.stop()
+    assert job.record.status is JobStatus.SUCCEEDED
+    assert (await services.store.stats()).count == 1

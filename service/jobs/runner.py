@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("imagegen.jobs")
 
 INTERNAL = ("internal_error", "The job failed.")
+# At shutdown, after the device has drained: time for the last results to be stored.
+STOP_GRACE_SECONDS = 5.0
 
 
 class Subscriber:
@@ -222,8 +224,10 @@ class JobRunner:
             job.record.shorten(now + ttl_for_model(job.record.model))
         self.purge(now)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         """After the engine has drained: let the last results be stored, then stop."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace_seconds)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
