@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 from typing import cast
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError
 
 from store.artifact import Artifact, new_artifact
 from store.base import DEFAULT_CLOCK, Clock, StoreStats, Swept
@@ -247,10 +247,8 @@ class RedisStore:
         with reachable():
             try:
                 return bool(await self._put(keys=self._keys_of(artifact.id), args=args))
-            except ResponseError as exc:
-                if str(exc).startswith("OOM"):  # Redis's maxmemory reached
-                    raise StoreFull("redis is out of memory") from None
-                raise
+            except OutOfMemoryError:  # Redis's maxmemory reached (its "OOM" reply)
+                raise StoreFull("redis is out of memory") from None
 
     def _live(self, found: str, meta: list[bytes | None]) -> Artifact | None:
         """The artifact from its stored fields, or None when missing or expired by our clock."""

@@ -216,6 +216,29 @@ async def test_shortened_artifact_expires_and_is_swept_once(
     assert ids(await store.sweep()) == []
 
 
+async def test_shortening_to_the_same_lifetime_changes_nothing(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    token, artifact = await store.put(b"x", PNG, 100)
+
+    assert await store.shorten_all(100) == 0
+    assert await store.head(token) == artifact
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1])
+async def test_a_budget_must_be_positive(make_store: MakeStore, max_bytes: int) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        make_store(max_bytes=max_bytes)
+
+
+async def test_the_smallest_budget_holds_one_byte(make_store: MakeStore) -> None:
+    store = make_store(max_bytes=1)
+    await store.put(b"x", PNG, 60)
+    with pytest.raises(StoreFull):
+        await store.put(b"y", PNG, 60)
+
+
 async def test_a_ttl_change_never_revives(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
     token, artifact = await store.put(b"x", PNG, 10)

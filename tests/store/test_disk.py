@@ -76,6 +76,16 @@ async def test_a_tampered_file_is_refused(store: DiskStore, directory: Path) -> 
     assert await store.get(token) is None
 
 
+async def test_a_missing_directory_is_made_with_its_parents(tmp_path: Path, clock: FakeClock
+                                                             ) -> None:
+    nested = tmp_path / "a" / "b" / "artifacts"
+    store = DiskStore(nested, max_bytes=10**6, clock=clock)
+    token, _ = await store.put(b"x", PNG, 60)
+    assert stat.S_IMODE(nested.stat().st_mode) == 0o700
+    assert await store.get(token) is not None
+    await store.close()
+
+
 async def test_a_restart_removes_what_the_last_process_left(
     directory: Path, clock: FakeClock
 ) -> None:

@@ -103,6 +103,18 @@ async def test_an_artifact_missing_a_field_is_not_served(
     await store.close()
 
 
+async def test_redis_out_of_memory_is_a_full_store(
+    own_server: RedisServer, clock: FakeClock
+) -> None:
+    """Redis's own maxmemory (noeviction) refuses the write: the store is full, not broken."""
+    store = RedisStore(own_server.url, max_bytes=10**9, clock=clock)
+    with redis.Redis.from_url(own_server.url) as client:
+        client.config_set("maxmemory", 1)
+    with pytest.raises(StoreFull):
+        await store.put(b"x" * 1000, PNG, 60)
+    await store.close()
+
+
 async def test_a_lost_redis_fails_fast_and_recovers(
     own_server: RedisServer, clock: FakeClock
 ) -> None:
