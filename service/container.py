@@ -106,7 +106,7 @@ class Services:
         return shortened
 
     async def _keep_house(self) -> None:
-        """Forget expired job records and drop expired batches, every sweep interval.
+        """Forget expired job records, uploaded adapters and batches, every sweep interval.
 
         (Reads check expiry themselves; this frees what nobody reads again.)
         """
@@ -114,6 +114,7 @@ class Services:
             await asyncio.sleep(self.settings.sweep_interval)
             now = self.clock()
             self.jobs.purge(now)
+            self.engine.adapters.sweep()
             try:
                 await self.bulk.sweep(now)
             except OSError as exc:

@@ -259,3 +259,104 @@ def test_a_family_without_adapters_cannot_register_one(tmp_path: Path) -> None:
                     f'x = "{path}"\n')
     with pytest.raises(ModelConfigError, match=r"models\.s\.loras: the shapes family takes no"):
         load_specs(path)
+
+
+async def test_an_upload_belongs_to_the_key_that_made_it(
+        tmp_path: Path, family_dirs: dict[str, Path], lora_files: dict[str, Path],
+        uploads: dict[str, bytes]) -> None:
+    from tests.test_api_keys import ADMIN, bearer
+
+    settings = make_settings(models=models_toml(tmp_path, family_dirs, lora_files),
+                             auth="keys", keys_file=tmp_path / "keys.json")
+    async with running_app(settings) as client:
+        alice, bob = [
+            bearer((await client.post("/admin/keys", headers=ADMIN,
+                                      json={"name": name})).json()["key"])
+            for name in ("alice", "bob")]
+        created = await client.post("/v1/loras", headers=alice, files={
+            "file": ("a.safetensors", uploads["sd15"])}, data={"model": "sd15"})
+        assert created.status_code == 201, created.text
+        mine = created.json()["id"]
+        body = {"model": "sd15", "prompt": "a red cat", "size": SIZE,
+                "num_inference_steps": 1, "loras": [{"name": mine}]}
+        assert (await client.post("/v1/images/generations", headers=alice,
+                                  json=body)).status_code == 200
+        # To anyone else it does not exist: not listed, not readable, not deletable, unusable.
+        refused(await client.post("/v1/images/generations", headers=bob, json=body),
+                f"Model 'sd15' has no adapter '{mine}'.")
+        assert (await client.get(f"/v1/loras/{mine}", headers=bob)).status_code == 404
+        assert (await client.delete(f"/v1/loras/{mine}", headers=bob)).status_code == 404
+        listed = (await client.get("/v1/models/sd15", headers=bob)).json()["loras"]
+        assert [lora["name"] for lora in listed] == ["pixel"]
+        assert (await client.get(f"/v1/loras/{mine}", headers=alice)).status_code == 200
+
+
+async def test_image_to_image_and_inpainting_take_adapters(client: httpx.AsyncClient) -> None:
+    from tests.privacy.support import encode, solid
+
+    image = base64.b64encode(encode(solid((200, 30, 30)), "PNG")).decode()
+    mask = base64.b64encode(encode(solid((255,), mode="L"), "PNG")).decode()
+    for kind in MODELS:
+        for inputs in ({"init_image": image}, {"init_image": image, "mask_image": mask}):
+            body = {"prompt": "a red cat", "seed": 3, "strength": 0.7, "output": "data_url",
+                    **inputs}
+            plain = await client.post(f"/v1/inference/{kind}", json=body)
+            adapted = await client.post(f"/v1/inference/{kind}",
+                                        json={**body, "loras": [{"name": "pixel"}]})
+            again = await client.post(f"/v1/inference/{kind}", json=body)
+            assert [plain.status_code, adapted.status_code] == [200, 200], adapted.text
+            assert adapted.json()["images"] != plain.json()["images"], kind
+            assert again.json()["images"] == plain.json()["images"], f"{kind}: leaked"
+
+
+def test_a_deleted_or_expired_upload_is_unloaded_before_the_next_batch(
+        tmp_path: Path, family_dirs: dict[str, Path], uploads: dict[str, bytes]) -> None:
+    import torch
+
+    from imagegen.adapters import read_adapter
+    from imagegen.pipelines.auto import DiffusersPipeline
+    from imagegen.registry import load_pipeline, load_specs
+
+    path = tmp_path / "models.toml"
+    path.write_text(f'[models.sd15]\npath = "{family_dirs["sd15"]}"\nsizes = ["{SIZE}"]\n')
+    pipeline = load_pipeline(load_specs(path)["sd15"])
+    assert isinstance(pipeline, DiffusersPipeline)
+    clock = FakeClock()
+    catalog = AdapterCatalog(clock)
+    weights = read_adapter(uploads["sd15"], "sd15")
+    kept = catalog.add_upload("sd15", weights, "alice", expires_at=clock.now + 10)
+    short = catalog.add_upload("sd15", weights, "alice", expires_at=clock.now + 5)
+
+    def run(names: list[str]) -> set[str]:
+        loras = catalog.resolve("sd15", [AdapterChoice(n) for n in names], "alice")
+        with torch.inference_mode():
+            pipeline(["a cat"], negative_prompts=[None], generators=[torch.Generator()],
+                     width=tiny_families.SIZE, height=tiny_families.SIZE,
+                     num_inference_steps=1, guidance_scale=5.0, loras=loras)
+        return set(pipeline.text2image.get_list_adapters().get("unet", []))
+
+    assert run([kept.name, short.name]) == {kept.key, short.key}
+    clock.tick(5)
+    assert catalog.sweep() == 1 and short.deleted
+    assert run([]) == {kept.key}  # the expired one is gone from the model, the other stays
+    assert catalog.delete_upload(kept.name, "alice") and not catalog.delete_upload(kept.name,
+                                                                                   "alice")
+    assert run([]) == set()
+
+
+async def test_the_edits_form_takes_adapters_as_json_text(client: httpx.AsyncClient) -> None:
+    from tests.privacy.support import encode, solid
+
+    fields = {"model": "sd15", "prompt": "a red cat", "size": SIZE, "seed": "3",
+              "response_format": "b64_json"}
+    files = {"image": ("i.png", encode(solid((200, 30, 30)), "PNG"), "image/png")}
+    plain = await client.post("/v1/images/edits", data=fields, files=files)
+    adapted = await client.post("/v1/images/edits", files=files, data={
+        **fields, "loras": '[{"name": "pixel", "scale": 0.5}]'})
+    assert [plain.status_code, adapted.status_code] == [200, 200], adapted.text
+    assert plain.json()["data"] != adapted.json()["data"]
+    for bad in ("pixel", '[{"name": "nope"}]', '[{"name": "pixel", "scale": "big"}]'):
+        response = await client.post("/v1/images/edits", files=files,
+                                      data={**fields, "loras": bad})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"].startswith("loras")

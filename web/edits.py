@@ -7,11 +7,14 @@ service's extensions) is parsed in memory by web.multipart, never by
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.generation import generate
+from web import strict_json
 from web.auth import principal_of
 from web.body import read_body, require_media_type
 from web.errors import bad_request
@@ -39,6 +42,18 @@ def upload(files: dict[str, bytes], fields: dict[str, str], name: str,
     return None
 
 
+def form_loras(fields: dict[str, str]) -> Any:
+    """The `loras` field of a form: JSON text, `[{"name": "pixel", "scale": 0.8}]`."""
+    text = fields.get("loras")
+    if text is None:
+        return None
+    try:
+        return strict_json.parse(text.encode())
+    except strict_json.JsonSyntaxError:
+        raise bad_request("'loras' must be a JSON list of {\"name\", \"scale\"}.",
+                          "loras") from None
+
+
 async def create_edit(request: Request) -> Response:
     services = services_of(request)
     require_media_type(request, "multipart/form-data")
@@ -51,8 +66,9 @@ async def create_edit(request: Request) -> Response:
     image = upload(files, fields, "image", "image[]")
     if image is None:
         raise bad_request("'image' is required: the image to edit, as a file part.", "image")
-    # A form's values are text: numbers and booleans are read from it (strict=False).
-    form = validate(ImageEditForm, {**fields, "image": image,
+    # A form's values are text: numbers and booleans are read from it (strict=False),
+    # and `loras`, a list, from JSON text.
+    form = validate(ImageEditForm, {**fields, "image": image, "loras": form_loras(fields),
                                     "mask": upload(files, fields, "mask")}, strict=False)
     spec = find_model(services.engine.specs, form.model, services.default_model)
     gen = parse_openai(spec, form, form.strength, owner=principal_of(request).id)
