@@ -144,6 +144,21 @@ async def test_a_public_name_resolves_to_a_target_that_keeps_the_name() -> None:
     assert target.sni_hostname == "hooks.example"
 
 
+async def test_a_name_that_never_resolves_is_refused_in_bounded_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from service.webhooks import addresses
+
+    async def hangs(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        await asyncio.sleep(3600)
+        return []
+
+    monkeypatch.setattr(addresses, "RESOLVE_TIMEOUT_SECONDS", 0.1)
+    with pytest.raises(WebhookRefused, match="does not resolve"):
+        await AddressPolicy(resolver=hangs).resolve("http://slow.example/x")
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "/relative", "http://", "not a url",
                                  "http://unknown.example/x"])
 async def test_unusable_urls_are_refused(url: str) -> None:

@@ -142,6 +142,12 @@ async def test_a_batch_notifies_batch_completed(client: httpx.AsyncClient) -> No
         assert response.status_code == 202
         batch_id = response.json()["id"]
         await receiver.wait_for(2)
+        for _ in range(100):
+            view = (await client.get(f"/v1/batches/{batch_id}")).json()
+            if len(view["webhook"]["deliveries"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert [d["status"] for d in view["webhook"]["deliveries"]] == [200, 200]
     notices = verified(receiver, secret)
     assert [n["type"] for n in notices] == ["batch.started", "batch.completed"]
     done = notices[1]["data"]

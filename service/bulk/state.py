@@ -121,4 +121,5 @@ class Batch:
             "finished_at": self.finished_at,
             "expires_at": self.expires_at,
             "eta_seconds": self.eta_seconds(),
+            **({} if self.webhook is None else {"webhook": self.webhook.view()}),
         }

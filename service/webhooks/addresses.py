@@ -27,6 +27,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (host, port) -> every address the name resolves to.
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
+# A name that takes longer to resolve is refused (at submit, a 400 in bounded time).
+RESOLVE_TIMEOUT_SECONDS = 5.0
 # NAT64's well-known prefix carries an IPv4 address in its last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -114,8 +116,9 @@ class AddressPolicy:
         except ValueError:
             literal = False
             try:
-                addresses = await self.resolver(host, port)
-            except OSError:
+                async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
+                    addresses = await self.resolver(host, port)
+            except (OSError, TimeoutError):
                 raise WebhookRefused("The webhook host does not resolve.") from None
         if not addresses:
             raise WebhookRefused("The webhook host does not resolve.")
