@@ -4,7 +4,7 @@ parsed strictly and validated by their request model."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -24,20 +24,27 @@ def body_too_large(max_bytes: int) -> ApiError:
                     code="body_too_large")
 
 
-async def read_body(request: Request, max_bytes: int, *,
-                    line_limit: tuple[int, ApiError] | None = None) -> bytes:
-    """The whole body, or 413 as soon as it grows past max_bytes; line_limit (most lines,
-    error) counts lines as they arrive, so a huge bulk body is refused before it is read."""
+async def stream_body(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; 413 as soon as it grows past max_bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() \
             and int(declared) > max_bytes:
         raise body_too_large(max_bytes)
-    chunks: list[bytes] = []
-    size = newlines = 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             raise body_too_large(max_bytes)
+        yield chunk
+
+
+async def read_body(request: Request, max_bytes: int, *,
+                    line_limit: tuple[int, ApiError] | None = None) -> bytes:
+    """The whole body, or 413 as soon as it grows past max_bytes; line_limit (most lines,
+    error) counts lines as they arrive, so a huge bulk body is refused before it is read."""
+    chunks: list[bytes] = []
+    newlines = 0
+    async for chunk in stream_body(request, max_bytes):
         if line_limit is not None:
             newlines += chunk.count(b"\n")
             if newlines > line_limit[0]:

@@ -1,8 +1,8 @@
 """POST /v1/images/edits: OpenAI's multipart form, for image-to-image and inpainting.
 
 The form (image, mask, prompt, n, size, response_format, model, plus this
-service's extensions) is parsed in memory by web.multipart, never by
-`request.form()`, so an uploaded image never reaches a temporary file.
+service's extensions) is parsed in memory by web.multipart as it arrives, never
+by `request.form()`, so an uploaded image never reaches a temporary file.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from starlette.routing import Route
 from service.generation import generate
 from web import strict_json
 from web.auth import principal_of
-from web.body import read_body, require_media_type
+from web.body import require_media_type, stream_body
 from web.errors import bad_request
 from web.generation_params import find_model, parse_openai
 from web.image_inputs import load_inputs
-from web.multipart import Limits, fields_and_files, parse_multipart
+from web.multipart import Limits, fields_and_files, parse_form
 from web.openai_api import images_response, log_generation
 from web.openai_stream import requested_partials, stream_images
 from web.request_log import request_id_of
@@ -58,9 +58,8 @@ async def create_edit(request: Request) -> Response:
     services = services_of(request)
     require_media_type(request, "multipart/form-data")
     max_bytes = services.settings.max_body_bytes
-    body = await read_body(request, max_bytes)
-    parts = parse_multipart(body, request.headers["content-type"],
-                            Limits(max_file_bytes=max_bytes), KNOWN_FIELDS)
+    parts = await parse_form(stream_body(request, max_bytes), request.headers["content-type"],
+                             Limits(max_file_bytes=max_bytes), KNOWN_FIELDS)
     fields, files = fields_and_files(parts, KNOWN_FIELDS)
     # The OpenAI client sends a list of images as image[]; this API edits one.
     image = upload(files, fields, "image", "image[]")

@@ -1,24 +1,30 @@
-"""multipart/form-data, parsed in memory with hard caps; never spooled to a file.
+"""multipart/form-data, parsed in memory as it arrives, with hard caps; never spooled to a file.
 
 Starlette's `request.form()` moves file parts over 1 MB into a temporary file,
-which would put an uploaded image on disk. Here the body is read with a byte
-cap (web.body), then split in memory: a cap on the number of parts is checked
-before any part is looked at, and each part has its own size cap. Error
-messages name fields only; they never quote what was sent.
+which would put an uploaded image on disk. Here python-multipart's push parser
+(`MultipartParser`, with callbacks) is fed the body chunk by chunk and each part
+is collected in memory: the number of parts, the bytes of each part's headers,
+of each field and of each file are capped as they arrive, so an oversized form
+is refused before the rest of it is read. Error messages name fields only;
+they never quote what was sent.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from web.errors import ApiError
 
+# The parser's warnings describe the bytes it choked on: client content stays out of logs.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 # RFC 2046: a boundary is 1..70 characters.
 _BOUNDARY = re.compile(r"""boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))""", re.IGNORECASE)
-# One parameter of a Content-Disposition header: name="value" or name=token.
-_PARAM = re.compile(r""";\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))""")
-_HEADER_END = b"\r\n\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,69 +66,137 @@ def boundary_of(content_type: str) -> bytes:
     return (match.group(1) or match.group(2)).encode("ascii", "replace")
 
 
-def parse_multipart(body: bytes, content_type: str, limits: Limits,
-                    known: frozenset[str]) -> list[Part]:
-    """The parts of a complete multipart body, in order; 400 or 413 on a bad one.
+class FormParser:
+    """Collects the parts of one form from python-multipart's callbacks, enforcing Limits.
 
-    known: the field names the route reads, the only ones an error message repeats.
+    feed() each chunk as it arrives, then finish(); both raise a 400 or 413 ApiError.
     """
-    delimiter = b"--" + boundary_of(content_type)
-    # Counted before anything is split or copied: a flood of tiny parts costs nothing.
-    if body.count(delimiter) > limits.max_parts + 1:
-        raise too_large(f"The form has more than {limits.max_parts} parts.")
-    start = body.find(delimiter)
-    if start < 0:
-        raise malformed("the boundary never occurs")
-    parts: list[Part] = []
-    position = start + len(delimiter)
-    while True:
-        if body.startswith(b"--", position):
-            return parts  # the close delimiter; anything after it is epilogue
-        if not body.startswith(b"\r\n", position):
-            raise malformed("a boundary is not followed by a line break")
-        end = body.find(b"\r\n" + delimiter, position + 2)
-        if end < 0:
+
+    def __init__(self, content_type: str, limits: Limits, known: frozenset[str]) -> None:
+        self.limits = limits
+        self.known = known
+        self.parts: list[Part] = []
+        self.ended = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._header_bytes = 0
+        self._data = bytearray()
+        self._cap = 0
+        self._name = ""
+        self._filename: str | None = None
+        boundary = boundary_of(content_type)
+        self._delimiter = b"--" + boundary
+        # RFC 2046 allows a preamble before the first delimiter; the parser does not.
+        self._preamble: bytearray | None = bytearray()
+        self._parser = MultipartParser(boundary, callbacks={
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field_data,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        })
+
+    def feed(self, chunk: bytes) -> None:
+        if self._preamble is not None:
+            self._preamble += chunk
+            start = self._preamble.find(self._delimiter)
+            if start < 0:
+                if len(self._preamble) > self.limits.max_header_bytes:
+                    raise malformed("the boundary never occurs")
+                return
+            chunk, self._preamble = bytes(self._preamble[start:]), None
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError:
+            raise malformed("it does not follow RFC 7578") from None
+
+    def finish(self) -> list[Part]:
+        if self._preamble is not None:
+            raise malformed("the boundary never occurs")
+        try:
+            self._parser.finalize()
+        except MultipartParseError:
+            raise malformed("it does not follow RFC 7578") from None
+        if not self.ended:
             raise malformed("the closing boundary is missing")
-        parts.append(_parse_part(body, position + 2, end, limits, known))
-        position = end + 2 + len(delimiter)
+        return self.parts
+
+    def _part_begin(self) -> None:
+        if len(self.parts) >= self.limits.max_parts:
+            raise too_large(f"The form has more than {self.limits.max_parts} parts.")
+        self._headers = []
+        self._header_bytes = 0
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise malformed(f"a part's headers are longer than {self.limits.max_header_bytes} "
+                            "bytes")
+
+    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self._header_field += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers.append((bytes(self._header_field).lower(), bytes(self._header_value)))
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        self._name, self._filename = _disposition(self._headers)
+        self._cap = (self.limits.max_file_bytes if self._filename is not None
+                     else self.limits.max_field_bytes)
+        self._data = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if len(self._data) + (end - start) > self._cap:
+            label, param = field_label(self._name, self.known)
+            raise too_large(f"{label} is larger than {self._cap} bytes.", param=param)
+        self._data += data[start:end]
+
+    def _part_end(self) -> None:
+        self.parts.append(Part(self._name, self._filename, bytes(self._data)))
+        self._data = bytearray()
+
+    def _end(self) -> None:
+        self.ended = True
 
 
-def _parse_part(body: bytes, start: int, end: int, limits: Limits,
-                known: frozenset[str]) -> Part:
-    stop = min(end, start + limits.max_header_bytes + len(_HEADER_END))
-    header_end = body.find(_HEADER_END, start, stop)
-    if header_end < 0:
-        raise malformed(f"a part's headers are missing or longer than {limits.max_header_bytes} "
-                        "bytes")
-    name, filename = _disposition(body[start:header_end])
-    size = end - (header_end + len(_HEADER_END))
-    cap = limits.max_file_bytes if filename is not None else limits.max_field_bytes
-    if size > cap:
-        label, param = field_label(name, known)
-        raise too_large(f"{label} is larger than {cap} bytes.", param=param)
-    return Part(name=name, filename=filename, data=body[header_end + len(_HEADER_END):end])
-
-
-def _disposition(headers: bytes) -> tuple[str, str | None]:
+def _disposition(headers: list[tuple[bytes, bytes]]) -> tuple[str, str | None]:
     """The field name and file name of a part's Content-Disposition header."""
-    for line in headers.decode("utf-8", "replace").split("\r\n"):
-        key, _, value = line.partition(":")
-        if key.strip().lower() != "content-disposition":
+    for key, value in headers:
+        if key.strip() != b"content-disposition":
             continue
-        if value.split(";")[0].strip().lower() != "form-data":
+        kind, params = parse_options_header(value.decode("latin-1"))
+        if kind != b"form-data":
             raise malformed("a part is not form-data")
-        params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-                  for m in _PARAM.finditer(value)}
-        name = params.get("name")
+        name = params.get(b"name")
         if not name:
             raise malformed("a part has no name")
-        filename = params.get("filename")
-        return _unquote(name), None if filename is None else _unquote(filename)
+        filename = params.get(b"filename")
+        return (name.decode("utf-8", "replace"),
+                None if filename is None else filename.decode("utf-8", "replace"))
     raise malformed("a part has no Content-Disposition header")
 
 
-def _unquote(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value)
+async def parse_form(chunks: AsyncIterator[bytes], content_type: str, limits: Limits,
+                     known: frozenset[str]) -> list[Part]:
+    """The parts of a form whose body arrives as chunks, in order; 400 or 413 on a bad one.
+
+    known: the field names the route reads, the only ones an error message repeats.
+    """
+    form = FormParser(content_type, limits, known)
+    async for chunk in chunks:
+        form.feed(chunk)
+    return form.finish()
 
 
 def fields_and_files(parts: list[Part],

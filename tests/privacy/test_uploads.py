@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import make_settings, running_app
 from tests.privacy.support import encode, png_bomb, solid
 from web.errors import ApiError
-from web.multipart import Limits, fields_and_files, parse_multipart
+from web.multipart import FormParser, Limits, Part, fields_and_files
 
 EDITS = "/v1/images/edits"
 NATIVE = "/v1/inference/shapes"
@@ -168,6 +168,15 @@ CONTENT_TYPE = f'multipart/form-data; boundary="{BOUNDARY}"'
 def body(*parts: str) -> bytes:
     return ("preamble\r\n" + "".join(f"--{BOUNDARY}\r\n{part}\r\n" for part in parts)
             + f"--{BOUNDARY}--\r\nepilogue").encode()
+
+
+def parse_multipart(data: bytes, content_type: str, limits: Limits,
+                    known: frozenset[str], chunk: int = 7) -> list[Part]:
+    """The push parser fed in small chunks, as a slow network would deliver the body."""
+    form = FormParser(content_type, limits, known)
+    for start in range(0, len(data), chunk):
+        form.feed(data[start:start + chunk])
+    return form.finish()
 
 
 def test_the_parser_keeps_bytes_exact_and_reads_quoted_names() -> None:
