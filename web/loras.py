@@ -16,11 +16,11 @@ from starlette.routing import Route
 from imagegen.adapters import Adapter, AdapterInvalid
 from service.adapters import delete_adapter, find_adapter, upload_adapter
 from web.auth import principal_of
-from web.body import parse_model, read_body, require_media_type
+from web.body import off_loop_if_large, parse_model, read_body, require_media_type, stream_body
 from web.errors import ApiError, bad_request
 from web.generation_params import find_model
 from web.image_inputs import decode_base64
-from web.multipart import Limits, fields_and_files, parse_multipart
+from web.multipart import Limits, fields_and_files, parse_form
 from web.request_log import log_fields
 from web.request_models import LoraUpload, field_names, validate
 from web.routing import services_of
@@ -40,7 +40,8 @@ async def create_lora(request: Request) -> JSONResponse:
     cap = services.settings.max_lora_bytes
     media_type = require_media_type(request, "multipart/form-data", "application/json")
     if media_type == "application/json":
-        body = parse_model(await read_body(request, cap * 4 // 3 + _ENVELOPE_BYTES), LoraUpload)
+        raw = await read_body(request, cap * 4 // 3 + _ENVELOPE_BYTES)
+        body = await off_loop_if_large(raw, parse_model, LoraUpload)
         if body.data is None:
             raise bad_request("'data' is required: the adapter's .safetensors, base64.", "data")
         data = decode_base64(body.data, "data", cap)
@@ -48,9 +49,9 @@ async def create_lora(request: Request) -> JSONResponse:
             raise ApiError(413, f"'data' is larger than {cap} bytes.", param="data",
                            code="body_too_large")
     else:
-        raw = await read_body(request, cap + _ENVELOPE_BYTES)
-        parts = parse_multipart(raw, request.headers["content-type"],
-                                Limits(max_parts=4, max_file_bytes=cap), KNOWN_FIELDS)
+        parts = await parse_form(stream_body(request, cap + _ENVELOPE_BYTES),
+                                 request.headers["content-type"],
+                                 Limits(max_parts=4, max_file_bytes=cap), KNOWN_FIELDS)
         fields, files = fields_and_files(parts, KNOWN_FIELDS)
         if "file" not in files:
             raise bad_request("'file' is required: the adapter's .safetensors, as a file "
