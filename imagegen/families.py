@@ -38,6 +38,9 @@ class Family:
     prompt_tokenizer: str = "tokenizer"
     # A scheduler class replacing the directory's own; None keeps the directory's.
     scheduler: str | None = None
+    # Changes to the scheduler's config (e.g. timestep_spacing = "trailing" for few-step
+    # distilled models such as SDXL-Lightning).
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
     default_guidance: float = 7.5
     default_steps: int = 25
     # Fixed keyword arguments every call gets (e.g. no snapping of sizes to a table:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -45,7 +47,7 @@ class ModelSpec:
     description: str = ""
     examples: tuple[str, ...] = field(default=())
     # What this model's family passes differently (imagegen.families), with the
-    # models.toml overrides (scheduler, max_sequence_length) applied.
+    # models.toml overrides (scheduler, scheduler_options, max_sequence_length) applied.
     traits: Family = SHAPES_FAMILY
     # Speed (imagegen/speed.py): attention implementation, torch.compile (regional
     # where the family has repeated blocks), channels_last, fused QKV projections.
@@ -115,7 +117,7 @@ def parse_size(text: str, where: str) -> tuple[int, int]:
 
 
 # Per-model overrides of the family's row.
-TRAIT_FIELDS = ("scheduler", "max_sequence_length")
+TRAIT_FIELDS = ("scheduler", "scheduler_options", "max_sequence_length")
 
 
 def _covers(family: str, name: str) -> bool:
@@ -138,18 +140,39 @@ def _traits(where: str, family: str, path: Path, table: dict[str, Any]) -> Famil
     if family != DIFFUSERS and not _covers(family, traits.name):
         raise ModelConfigError(f"{where}.family is {family!r} but the directory holds "
                                f"a {traits.name!r} pipeline")
-    scheduler = table.get("scheduler", traits.scheduler)
-    if scheduler is not None:
-        import diffusers
+    import diffusers
 
-        if not (isinstance(scheduler, str) and scheduler.endswith("Scheduler")
-                and hasattr(diffusers, scheduler)):
-            raise ModelConfigError(f"{where}.scheduler must name a diffusers scheduler class")
+    scheduler = table.get("scheduler", traits.scheduler)
+    if scheduler is not None and not (isinstance(scheduler, str)
+                                      and scheduler.endswith("Scheduler")
+                                      and hasattr(diffusers, scheduler)):
+        raise ModelConfigError(f"{where}.scheduler must name a diffusers scheduler class")
+    options = table.get("scheduler_options", traits.scheduler_options)
+    if not isinstance(options, dict):
+        raise ModelConfigError(f"{where}.scheduler_options must be a table")
+    if options:
+        name = scheduler or _directory_scheduler(path)
+        accepted = inspect.signature(getattr(diffusers, name, object).__init__).parameters
+        unknown = sorted(set(options) - set(accepted) - {"self"})
+        if unknown:
+            raise ModelConfigError(f"{where}.scheduler_options.{unknown[0]} is not a setting "
+                                   f"of {name}")
     length = table.get("max_sequence_length", traits.max_sequence_length)
     if length is not None and (isinstance(length, bool) or not isinstance(length, int)
                                or length < 1):
         raise ModelConfigError(f"{where}.max_sequence_length must be a positive integer")
-    return replace(traits, scheduler=scheduler, max_sequence_length=length)
+    return replace(traits, scheduler=scheduler, scheduler_options=options,
+                   max_sequence_length=length)
+
+
+def _directory_scheduler(path: Path) -> str:
+    """The scheduler class a diffusers directory ships with ("" when it names none)."""
+    try:
+        config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelSpec:

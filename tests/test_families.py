@@ -110,11 +110,14 @@ def test_a_declared_scheduler_replaces_the_directory_s_own(
     path = tmp_path / "turbo.toml"
     path.write_text(f'[models.turbo]\npath = "{family_dirs["sdxl"]}"\nsizes = ["{SIZE}"]\n'
                     'scheduler = "EulerAncestralDiscreteScheduler"\n'
+                    'scheduler_options = {timestep_spacing = "trailing"}\n'
                     "default_steps = 1\ndefault_guidance = 0.0\n")
     spec = load_specs(path)["turbo"]
     pipeline = load_pipeline(spec)
     assert type(pipeline.text2image).__name__ == "StableDiffusionXLPipeline"  # type: ignore[attr-defined]
-    assert type(pipeline.text2image.scheduler).__name__ == "EulerAncestralDiscreteScheduler"  # type: ignore[attr-defined]
+    scheduler = pipeline.text2image.scheduler  # type: ignore[attr-defined]
+    assert type(scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert scheduler.config.timestep_spacing == "trailing"
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -123,6 +126,8 @@ def test_a_declared_scheduler_replaces_the_directory_s_own(
     ('family = "gan"', "models.m.family must be"),
     ('scheduler = "NoSuchScheduler"', "models.m.scheduler must name a diffusers scheduler"),
     ("max_sequence_length = 0", "models.m.max_sequence_length must be a positive integer"),
+    ("scheduler_options = {spacing = 1}",
+     "models.m.scheduler_options.spacing is not a setting of EulerDiscreteScheduler"),
 ])
 def test_a_bad_family_entry_is_one_line_naming_model_and_field(
         tmp_path: Path, family_dirs: dict[str, Path], body: str, message: str,

@@ -243,7 +243,9 @@ def load_diffusers_pipeline(path: Path, family: Family, device: torch.device,
     """Load from a local directory only; the hub is never asked."""
     text2image = AutoPipelineForText2Image.from_pretrained(
         path, dtype=dtype, local_files_only=True)
-    if family.scheduler is not None:
-        scheduler_class = getattr(diffusers, family.scheduler)
-        text2image.scheduler = scheduler_class.from_config(text2image.scheduler.config)
+    if family.scheduler is not None or family.scheduler_options:
+        scheduler_class = (getattr(diffusers, family.scheduler) if family.scheduler
+                           else type(text2image.scheduler))
+        text2image.scheduler = scheduler_class.from_config(text2image.scheduler.config,
+                                                           **family.scheduler_options)
     return DiffusersPipeline(text2image, family, device, dtype)
