@@ -19,6 +19,7 @@ import standardwebhooks
 from service.settings import Settings, SettingsError
 from service.webhooks import new_secret
 from tests.helpers import ADMIN_TOKEN, CANARY, make_settings, running_app
+from tests.test_faults import Faults
 from tests.webhook_support import Answer, LoopbackOnly, Receiver, loopback_only, running_receiver
 
 FAST = {"width": 32, "height": 32, "num_inference_steps": 4}
@@ -106,6 +107,25 @@ async def test_a_job_notice_is_retried_through_500s(client: httpx.AsyncClient) -
     assert [n["type"] for n in notices] == ["job.completed"] * 3
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
     assert [d["status"] for d in view["webhook"]["deliveries"]] == [500, 502, 200]
+
+
+async def test_a_failed_job_notifies_completed_with_its_status_and_error(
+        tmp_path: Path) -> None:
+    faults = Faults()
+    settings = make_settings(webhook_allow="127.0.0.1/32", batch_dir=tmp_path / "batches")
+    async with running_app(settings, wrap_pipeline=faults) as client:
+        secret = await secret_of(client)
+        faults.pipeline.raise_error = True
+        with running_receiver() as receiver:
+            response = await client.post("/v1/jobs", json={
+                "prompt": PROMPT, **FAST, "webhook": {"url": receiver.url}})
+            await receiver.wait_for(1)
+    (notice,) = verified(receiver, secret)
+    assert notice["type"] == "job.completed"
+    assert notice["data"]["id"] == response.json()["id"]
+    assert notice["data"]["status"] == "failed"
+    assert notice["data"]["error"]["code"] == "pipeline_failed"
+    assert CANARY.encode() not in receiver.received[0].body
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.1/hook", "http://169.254.169.254/latest",
