@@ -44,6 +44,8 @@ class ModelSpec:
     max_steps: int = 100
     max_n: int = 4
     max_batch: int = 8
+    # What one device second of this model costs a caller (usage reports cost = seconds x price).
+    price_per_second: float = 1.0
     description: str = ""
     examples: tuple[str, ...] = field(default=())
     # What this model's family passes differently (imagegen.families), with the
@@ -224,6 +226,9 @@ def _spec_from_table(name: str, table: dict[str, Any], base_dir: Path) -> ModelS
     if spec.default_steps > spec.max_steps:
         raise ModelConfigError(f"{where}.default_steps must not exceed max_steps")
     _check_speed(spec, where)
+    price = spec.price_per_second
+    if isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < 1e9:
+        raise ModelConfigError(f"{where}.price_per_second must be a number, 0 or more")
     return spec
 
 

@@ -31,7 +31,8 @@ from imagegen.types import (
     Started,
 )
 from service.errors import DeadlineExceeded, InvalidInput
-from service.tenancy.principal import ANONYMOUS_ID
+from service.tenancy import ANONYMOUS_ID, Principal, Slot, Usage
+from store import StoreUnavailable
 from store.retention import TTLRejected
 
 if TYPE_CHECKING:
@@ -68,22 +69,6 @@ class GenerationInput:
     @property
     def stores_images(self) -> bool:
         return self.response_format == "url"
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What a generation cost. Billed in device seconds: what the service actually spends."""
-
-    device_seconds: float
-    cost: float
-
-    @classmethod
-    def of(cls, device_seconds: float) -> Usage:
-        seconds = round(device_seconds, 4)
-        return cls(device_seconds=seconds, cost=seconds)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"device_seconds": self.device_seconds, "cost": self.cost}
 
 
 @dataclass(slots=True)
@@ -158,8 +143,10 @@ async def resolve_ttl(services: Services, model: str, requested: float | None,
         raise InvalidInput(str(exc), param) from None
 
 
-async def admit(services: Services, gen: GenerationInput) -> float | None:
-    """Policy before anything is queued: the prompt, and the images' TTL (None: not stored)."""
+async def admit(services: Services, gen: GenerationInput, principal: Principal) -> float | None:
+    """Policy before anything is queued: the caller's scope and daily quota, the prompt, and
+    the images' TTL (None: not stored)."""
+    await services.tenancy.admit(principal, gen.model)
     check_prompt(services, gen)
     if not gen.stores_images:
         return None
@@ -296,8 +283,12 @@ async def deliver(
     ttl: float | None,
     base_url: str,
     queue_seconds: float,
+    principal: Principal,
 ) -> Generated:
-    """Encode off the loop, store (when ttl is set) all or nothing, count, say what it cost."""
+    """Encode off the loop, store (when ttl is set) all or nothing, count, say what it cost.
+
+    The one place usage is counted: every surface that makes images ends here.
+    """
     encoded = await services.encoder.encode(result.images, gen.output_format,
                                             gen.output_compression)
     content_type = CONTENT_TYPES[gen.output_format]
@@ -310,11 +301,17 @@ async def deliver(
                               expires_at=expires_at)
                   for token, expires_at in stored]
     services.metrics.images_generated(gen.model, len(images))
+    usage = Usage.of(result.device_seconds, services.engine.specs[gen.model].price_per_second)
+    try:
+        await services.tenancy.record(principal, gen.model, len(images), usage)
+    except StoreUnavailable:
+        # The images are made and stored; losing their count must not lose them for the caller.
+        log.warning("usage not recorded", extra={"error_type": "StoreUnavailable"})
     return Generated(
         request_id=result.request_id,
         images=images,
         seed=result.seed,
-        usage=Usage.of(result.device_seconds),
+        usage=usage,
         queue_seconds=queue_seconds,
         micro_batch_size=result.micro_batch_size,
         ignored_words=result.ignored_words,
@@ -330,6 +327,9 @@ class Pending:
     ticket: Ticket
     ttl: float | None
     queued_at: float  # time.monotonic() at submission
+    principal: Principal
+    # The caller's concurrent slot, held until the device is done with the request.
+    slot: Slot
 
 
 async def start(
@@ -340,21 +340,33 @@ async def start(
     mask_image: Image.Image | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     partial_image_steps: frozenset[int] = frozenset(),
+    *,
+    principal: Principal,
 ) -> Pending:
-    """Policy, then the device queue: a refusal (bad input, QueueFull) comes before any wait."""
-    ttl = await admit(services, gen)
+    """Policy, one of the caller's concurrent slots, then the device queue: a refusal (bad
+    input, scope, quota, a limit, QueueFull) comes before any wait."""
+    ttl = await admit(services, gen, principal)
     request = to_request(gen, request_id, init_image, mask_image,
                          partial_image_steps=partial_image_steps)
+    slot = await services.tenancy.take_slot(principal)
     queued_at = time.monotonic()
-    ticket = submit(services, request, on_progress=on_progress)
-    return Pending(gen, ticket, ttl, queued_at)
+    try:
+        ticket = submit(services, request, on_progress=on_progress)
+    except BaseException:
+        await slot.release()
+        raise
+    return Pending(gen, ticket, ttl, queued_at, principal, slot)
 
 
 async def finish(services: Services, pending: Pending, base_url: str) -> Generated:
-    """Wait for the device, then encode, store and account (see deliver)."""
-    result = await wait_for_result(services, pending.ticket)
+    """Wait for the device (then free the caller's slot), encode, store and account."""
+    try:
+        result = await wait_for_result(services, pending.ticket)
+    finally:
+        await pending.slot.release()
     queue_seconds = max(0.0, time.monotonic() - pending.queued_at - result.device_seconds)
-    return await deliver(services, pending.gen, result, pending.ttl, base_url, queue_seconds)
+    return await deliver(services, pending.gen, result, pending.ttl, base_url, queue_seconds,
+                         pending.principal)
 
 
 async def generate(
@@ -364,7 +376,9 @@ async def generate(
     base_url: str,
     init_image: Image.Image | None = None,
     mask_image: Image.Image | None = None,
+    *,
+    principal: Principal,
 ) -> Generated:
     """Run one synchronous generation end to end (a stream takes the same two steps)."""
     return await finish(services, await start(services, gen, request_id, init_image,
-                                              mask_image), base_url)
+                                              mask_image, principal=principal), base_url)

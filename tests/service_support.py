@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from imagegen.batcher import Batcher, Lane, Ticket
+from imagegen.registry import EMBEDDED_MODEL_NAME, embedded_spec
 from imagegen.types import GenerationRequest, GenerationResult, Progress, QueueEvent
 from imagegen.worker import JobCanceled
 from service.container import Services, assemble
@@ -30,7 +31,8 @@ class FakeEngine:
 
     def __init__(self, capacity: int = 8) -> None:
         self.batcher = Batcher(capacity, lambda model: 1)
-        self.specs: dict[str, Any] = {}
+        # The model's spec: what it costs a second (usage) comes from it.
+        self.specs: dict[str, Any] = {EMBEDDED_MODEL_NAME: embedded_spec()}
         self.pipelines: dict[str, Any] = {}
 
     def submit(self, request: GenerationRequest, lane: Lane = Lane.INTERACTIVE,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from imagegen.registry import EMBEDDED_MODEL_DIR
 from service.tenancy.keys import hash_key
 from tests.helpers import ADMIN_TOKEN, FakeClock, make_settings, running_app
 from web.request_log import JsonLineFormatter
@@ -271,7 +274,9 @@ async def test_log_lines_carry_the_key_id_never_the_key(keyed: httpx.AsyncClient
     requests = [json.loads(line) for line in lines.lines if '"event":"request"' in line]
     assert [line.get("key_id") for line in requests if line["route"] == "/v1/images/generations"
             ] == [created["id"]]
-    assert [line["status"] for line in requests if line["status"] in (401, 403)] == [401, 403]
+    refusals = [(line["status"], line.get("key_id")) for line in requests
+                if line["status"] in (401, 403)]
+    assert refusals == [(401, None), (403, created["id"])]
     assert '"event":"api key created"' in text and '"event":"api key revoked"' in text
 
 
@@ -301,3 +306,197 @@ async def test_the_demo_can_be_turned_off(tmp_path: Path) -> None:
         assert (await client.get("/models/shapes")).status_code == 404
         client.cookies.set("imagegen_demo", "1")
         assert (await client.get("/v1/models")).status_code == 401
+
+
+@pytest.fixture
+def priced_models(tmp_path: Path) -> Path:
+    """A second model (the embedded weights again) at 2.5 per device second."""
+    path = tmp_path / "models.toml"
+    path.write_text(f"""
+[models.pricey]
+path = "{EMBEDDED_MODEL_DIR}"
+family = "shapes"
+sizes = ["32x32"]
+default_steps = 2
+price_per_second = 2.5
+""")
+    return path
+
+
+async def test_usage_counts_each_generation_once_at_the_models_price(
+    tmp_path: Path, priced_models: Path
+) -> None:
+    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json", models=priced_models)
+    async with running_app(settings) as client:
+        key = (await create_key(client))["key"]
+        other = (await create_key(client, name="bob"))["key"]
+        plain = await client.post("/v1/images/generations", headers=bearer(key),
+                                  json={**GENERATION, "n": 2})
+        priced = await client.post("/v1/inference/pricey", headers=bearer(key),
+                                   json={"prompt": "a red circle"})
+        inline = await client.post("/v1/images/generations", headers=bearer(key),
+                                   json={**GENERATION, "response_format": "b64_json"})
+        refused = await client.post("/v1/images/generations", headers=bearer(key),
+                                    json={**GENERATION, "size": "33x33"})
+        usage = (await client.get("/v1/usage", headers=bearer(key))).json()
+        everyone = (await client.get("/admin/usage", headers=ADMIN)).json()["data"]
+        bob = (await client.get("/v1/usage", headers=bearer(other))).json()
+
+    assert plain.status_code == priced.status_code == inline.status_code == 200
+    assert refused.status_code == 400
+    plain_usage, inline_usage = plain.json()["usage"], inline.json()["usage"]
+    assert plain_usage["cost"] == plain_usage["device_seconds"]  # the default price is 1
+    priced_cost = priced.json()["inference_status"]["cost"]
+    rows = {row["model"]: row for row in usage["data"]}
+    assert set(rows) == {"shapes", "pricey"}
+    assert (rows["shapes"]["requests"], rows["shapes"]["images"]) == (2, 3)
+    assert rows["shapes"]["cost"] == pytest.approx(
+        plain_usage["cost"] + inline_usage["cost"], abs=1e-5)
+    assert (rows["pricey"]["requests"], rows["pricey"]["images"]) == (1, 1)
+    assert rows["pricey"]["cost"] == pytest.approx(priced_cost, abs=1e-5)
+    assert rows["pricey"]["cost"] == pytest.approx(rows["pricey"]["device_seconds"] * 2.5,
+                                                   rel=1e-3)
+    assert {row["day"] for row in usage["data"]} == {time.strftime("%Y-%m-%d", time.gmtime())}
+    assert usage["key_id"] != bob["key_id"] and bob["data"] == []
+    assert {row["key_id"] for row in everyone} == {usage["key_id"]}
+
+
+async def test_a_key_scoped_to_some_models_gets_403_for_others(
+    tmp_path: Path, priced_models: Path
+) -> None:
+    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json", models=priced_models)
+    async with running_app(settings) as client:
+        key = (await create_key(client, models=["pricey"]))["key"]
+        allowed = await client.post("/v1/inference/pricey", headers=bearer(key),
+                                    json={"prompt": "a red circle"})
+        refused = await client.post("/v1/images/generations", headers=bearer(key),
+                                    json=GENERATION)
+        job = await client.post("/v1/jobs", headers=bearer(key),
+                                json={"prompt": "a red circle", "model": "shapes"})
+
+    assert allowed.status_code == 200
+    for response in (refused, job):
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "model_not_allowed"
+        assert response.json()["error"]["param"] == "model"
+
+
+async def test_a_daily_device_second_quota_answers_429_until_midnight(
+    keyed: httpx.AsyncClient
+) -> None:
+    key = (await create_key(keyed, device_seconds_per_day=0.001))["key"]
+
+    first = await keyed.post("/v1/images/generations", headers=bearer(key), json=GENERATION)
+    refused = await keyed.post("/v1/images/generations", headers=bearer(key), json=GENERATION)
+
+    assert first.status_code == 200  # admitted while the day's use was below the quota
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    to_midnight = 86400 - time.time() % 86400
+    assert abs(int(refused.headers["retry-after"]) - to_midnight) < 5
+    assert refused.headers["ratelimit-policy"] == '"device_seconds";q=1;w=86400'
+    assert refused.headers["ratelimit"].startswith('"device_seconds";r=0;t=')
+
+
+async def test_max_concurrent_refuses_a_second_generation_while_one_runs(
+    keyed: httpx.AsyncClient
+) -> None:
+    key = (await create_key(keyed, max_concurrent=1))["key"]
+    slow = {"prompt": "a red circle", "size": "128x128", "num_inference_steps": 20}
+
+    first, second = await asyncio.gather(
+        keyed.post("/v1/images/generations", headers=bearer(key), json=slow),
+        keyed.post("/v1/images/generations", headers=bearer(key), json=GENERATION))
+    after = await keyed.post("/v1/images/generations", headers=bearer(key), json=GENERATION)
+
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "rate_limited"
+    assert second.headers["ratelimit-policy"] == '"concurrency";q=1'
+    assert second.headers["retry-after"] == "1"
+    assert after.status_code == 200  # the slot came back when the first ended
+
+
+async def test_a_streamed_generation_is_counted_once_and_frees_its_slot(
+    keyed: httpx.AsyncClient
+) -> None:
+    created = await create_key(keyed, max_concurrent=1)
+    headers = bearer(created["key"])
+
+    for _ in range(2):  # the second would be refused had the first kept its slot
+        streamed = await keyed.post("/v1/images/generations", headers=headers,
+                                    json={**GENERATION, "stream": True, "partial_images": 1})
+        assert streamed.status_code == 200
+        assert "image_generation.completed" in streamed.text
+
+    (row,) = (await keyed.get("/v1/usage", headers=headers)).json()["data"]
+    assert (row["requests"], row["images"]) == (2, 2)
+
+
+async def test_jobs_and_idempotency_keys_belong_to_their_key(keyed: httpx.AsyncClient) -> None:
+    alice = bearer((await create_key(keyed, name="alice"))["key"])
+    bob = bearer((await create_key(keyed, name="bob"))["key"])
+    body = {"prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 2}
+
+    made = await keyed.post("/v1/jobs", headers={**alice, "Idempotency-Key": "k1"}, json=body)
+    job_id = made.json()["id"]
+    # Bob replays Alice's key with her body: he gets a job of his own, not hers.
+    replayed = await keyed.post("/v1/jobs", headers={**bob, "Idempotency-Key": "k1"}, json=body)
+    # Carol sends Alice's key with another body: no 409 telling her the key is in use.
+    carol = bearer((await create_key(keyed, name="carol"))["key"])
+    other_body = await keyed.post("/v1/jobs", headers={**carol, "Idempotency-Key": "k1"},
+                                  json={**body, "seed": 9})
+
+    assert made.status_code == 202
+    assert replayed.status_code == 202 and replayed.json()["id"] != job_id
+    assert "idempotent-replayed" not in replayed.headers
+    assert other_body.status_code == 202
+    assert other_body.json()["id"] not in (job_id, replayed.json()["id"])
+    for method, path in (("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"),
+                         ("DELETE", f"/v1/jobs/{job_id}")):
+        refused = await keyed.request(method, path, headers=bob)
+        assert refused.status_code == 404, (method, path)
+        assert refused.json()["error"]["code"] == "job_not_found"
+    again = await keyed.post("/v1/jobs", headers={**alice, "Idempotency-Key": "k1"}, json=body)
+    assert again.json()["id"] == job_id and again.headers["idempotent-replayed"] == "true"
+    assert (await keyed.get(f"/v1/jobs/{job_id}", headers=alice)).status_code == 200
+
+
+async def test_batches_belong_to_their_key(keyed: httpx.AsyncClient) -> None:
+    alice = bearer((await create_key(keyed, name="alice"))["key"])
+    bob = bearer((await create_key(keyed, name="bob"))["key"])
+    line = {"custom_id": "one", "body": {"prompt": "a red circle", "width": 32, "height": 32,
+                                         "num_inference_steps": 2}}
+
+    made = await keyed.post("/v1/batches", headers={**alice, "content-type": "application/jsonl"},
+                            content=json.dumps(line) + "\n")
+    batch_id = made.json()["id"]
+
+    assert made.status_code == 202
+    for method, path in (("GET", f"/v1/batches/{batch_id}"),
+                         ("GET", f"/v1/batches/{batch_id}/output"),
+                         ("DELETE", f"/v1/batches/{batch_id}")):
+        refused = await keyed.request(method, path, headers=bob)
+        assert refused.status_code == 404, (method, path)
+    assert (await keyed.get(f"/v1/batches/{batch_id}", headers=alice)).status_code == 200
+
+
+async def test_a_job_holds_its_keys_concurrent_slot_until_it_ends(
+    keyed: httpx.AsyncClient
+) -> None:
+    headers = bearer((await create_key(keyed, max_concurrent=1))["key"])
+    body = {"prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 2}
+
+    job = (await keyed.post("/v1/jobs", headers=headers, json=body)).json()
+    refused = await keyed.post("/v1/jobs", headers=headers, json=body)
+    async with keyed.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers) as events:
+        async for line in events.aiter_lines():
+            if line.startswith("event: succeeded"):
+                break
+    after = await keyed.post("/v1/jobs", headers=headers, json=body)
+
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert after.status_code == 202
+    # The job's generation was counted as the key's, in the one path.
+    (row,) = (await keyed.get("/v1/usage", headers=headers)).json()["data"]
+    assert row["requests"] >= 1 and row["images"] == row["requests"]

@@ -4,6 +4,7 @@ against a real uvicorn with a short TTL. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +220,32 @@ def test_phone_width_and_keyboard(browser: playwright_sync.Browser, server: Live
         shot(page, "phone")
     finally:
         context.close()
+
+
+def test_with_keys_a_demo_visitor_over_its_limit_is_told_how_long_to_wait(
+    browser: playwright_sync.Browser, tmp_path: Path
+) -> None:
+    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json",
+                             demo_limits="requests_per_minute=1")
+    with live_server(settings) as keyed:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            watch = open_model_page(page, keyed)
+            choose(page, "32x32", 2)
+            generate = page.get_by_role("button", name="Generate", exact=True)
+            generate.click()
+            page.locator("figure.result img").first.wait_for()
+            generate.click()
+            page.wait_for_function("() => document.getElementById('status').textContent"
+                                   ".includes('try again')")
+            status = page.locator("#status").inner_text()
+            assert status.startswith("You are going a little fast for the demo.")
+            assert re.search(r"try again in (\d+ s|1 min)\.$", status), status
+            assert generate.is_enabled()
+            shot(page, "demo-rate-limited")
+            assert all("429" in error for error in watch.errors)
+            assert watch.foreign == []
+        finally:
+            context.close()

@@ -439,7 +439,7 @@ def test_record_replay_keeps_the_latest_event_of_each_kind() -> None:
 def test_a_succeeded_record_expires_with_its_first_image() -> None:
     record = JobRecord(id="job_b", model="shapes", created_at=100.0, ttl_seconds=60.0)
     generated = Generated(
-        request_id="req_b", seed=5, usage=Usage.of(0.123456), queue_seconds=0.0,
+        request_id="req_b", seed=5, usage=Usage.of(0.123456, 1.0), queue_seconds=0.0,
         micro_batch_size=2, ignored_words=0, created=102,
         images=[OutputImage(None, "image/png", "u1", 161.0),
                 OutputImage(None, "image/png", "u2", 162.0)])

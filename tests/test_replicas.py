@@ -109,12 +109,14 @@ class RedisServer:
 class Replica:
     """One `imagegen serve` process on the shared Redis store."""
 
-    def __init__(self, name: str, redis_url: str, log_path: Path) -> None:
+    def __init__(self, name: str, redis_url: str, log_path: Path,
+                 settings: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_")}
         env["IMAGEGEN_ADMIN_TOKEN"] = ADMIN_TOKEN
+        env.update(settings or {})
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port),

@@ -20,6 +20,7 @@ from service.errors import IdempotencyConflict, InvalidInput, JobEnded, JobNotFo
 from service.generation import deliver
 from service.jobs.runner import IdempotencyKey, Job
 from service.jobs.state import JobStatus
+from service.tenancy import ANONYMOUS
 from store import RetentionPolicy
 from store.retention import ModelRetention
 from tests.helpers import FakeClock
@@ -155,7 +156,7 @@ async def test_a_refused_store_leaves_nothing_stored(tmp_path: Path) -> None:
     result = GenerationResult("req_1", noise, seed=1, device_seconds=0.1)
 
     with pytest.raises(StoreFull):
-        await deliver(services, gen_input(n=2), result, 600, BASE, 0.0)
+        await deliver(services, gen_input(n=2), result, 600, BASE, 0.0, ANONYMOUS)
     stats = await services.store.stats()
     assert (stats.count, stats.bytes) == (0, 0)
 

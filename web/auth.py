@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.container import Services
-from service.tenancy import Principal
+from service.tenancy import KeyRejected, Principal
 from web.admin import require_admin
 from web.errors import ApiError, api_error_for, error_response
 from web.request_log import log_fields
@@ -40,9 +40,12 @@ class Authentication:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            request = Request(scope)
             try:
-                await self._check(Request(scope))
+                await self._check(request)
             except Exception as exc:
+                if isinstance(exc, KeyRejected) and exc.key_id is not None:
+                    log_fields(request, key_id=exc.key_id)
                 error = exc if isinstance(exc, ApiError) else api_error_for(exc)
                 if error is None:
                     raise

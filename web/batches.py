@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from service.bulk.runner import BulkRunner
 from service.bulk.state import Batch
+from web.auth import principal_of
 from web.body import off_loop_if_large, read_body, require_media_type
 from web.bulk_parse import MAX_BATCH_LINES, TOO_MANY_LINES, parse_batch
 from web.request_models import BatchWebhookQuery, validate
@@ -25,7 +26,8 @@ def runner_of(request: Request) -> BulkRunner:
 
 
 async def find_batch(request: Request) -> Batch:
-    return await runner_of(request).find(request.path_params["batch_id"])
+    return await runner_of(request).find(request.path_params["batch_id"],
+                                         principal_of(request).id)
 
 
 def webhook_query(request: Request) -> BatchWebhookQuery:
@@ -48,7 +50,8 @@ async def create_batch(request: Request) -> JSONResponse:
     if query.webhook_url is not None:
         webhook = await subscribe(request, "batch", query.webhook_url, query.webhook_events,
                                   "webhook_url")
-    batch = await runner_of(request).submit(lines, public_base_url(request), webhook)
+    batch = await runner_of(request).submit(lines, public_base_url(request), webhook,
+                                            owner=principal_of(request))
     return JSONResponse(batch.to_dict(), status_code=202)
 
 

@@ -76,9 +76,11 @@ async def create_edit(request: Request) -> Response:
     partials = requested_partials(form.stream, form.partial_images)
     if partials is not None:
         return await stream_images(services, gen, partials, "image_edit", request_id_of(request),
-                                   inputs.init_image, inputs.mask_image)
+                                   inputs.init_image, inputs.mask_image,
+                                   principal=principal_of(request))
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),
-                               inputs.init_image, inputs.mask_image)
+                               inputs.init_image, inputs.mask_image,
+                               principal=principal_of(request))
     log_generation(request, gen, generated)
     return JSONResponse(images_response(generated))
 

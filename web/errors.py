@@ -90,7 +90,7 @@ def challenge_headers(exc: Exception) -> dict[str, str]:
     if isinstance(exc, tenancy.LimitExceeded):
         # The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers).
         quota = exc.quota
-        policy = f'"{quota.name}";q={int(quota.limit)}'
+        policy = f'"{quota.name}";q={math.ceil(quota.limit)}'
         if quota.window_seconds is not None:
             policy += f";w={quota.window_seconds}"
         return {"RateLimit-Policy": policy,

@@ -82,30 +82,38 @@ async def create_job(request: Request) -> JSONResponse:
     services = services_of(request)
     jobs = services.jobs
     body = await read_model(request, JobRequest, services.settings.max_body_bytes)
+    principal = principal_of(request)
     key_hash = idempotency_key_hash(request)
-    key = None if key_hash is None else IdempotencyKey(key_hash, body_hash(body))
+    key = None if key_hash is None else IdempotencyKey(key_hash, body_hash(body), principal.id)
     if key is not None and (earlier := jobs.replay(key)) is not None:
         log_fields(request, job_id_hash=job_id_hash(earlier.record.id))
         return accepted(earlier, replayed=True)
     gen = parse_job(services, body, principal_of(request).id)
     log_fields(request, **input_log_fields(gen))
-    ttl = await admit(services, gen)
+    ttl = await admit(services, gen, principal)
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     assert ttl is not None  # jobs always store their images
     webhook = None if body.webhook is None else await subscribe(
         request, "job", body.webhook.url, body.webhook.events, "webhook.url")
-    # Checked again after the await: a twin request may have created the job meanwhile.
-    if key is not None and (earlier := jobs.replay(key)) is not None:
-        return accepted(earlier, replayed=True)
-    job = jobs.start(gen, ttl, public_base_url(request), request_id_of(request),
-                     init_image=inputs.init_image, mask_image=inputs.mask_image,
-                     previews=bool(body.previews), key=key, webhook=webhook)
+    slot = await services.tenancy.take_slot(principal)
+    try:
+        # Checked again after the awaits: a twin request may have created the job meanwhile.
+        if key is not None and (earlier := jobs.replay(key)) is not None:
+            await slot.release()
+            return accepted(earlier, replayed=True)
+        job = jobs.start(gen, ttl, public_base_url(request), request_id_of(request),
+                         init_image=inputs.init_image, mask_image=inputs.mask_image,
+                         previews=bool(body.previews), key=key, webhook=webhook,
+                         owner=principal, slot=slot)
+    except BaseException:
+        await slot.release()
+        raise
     log_fields(request, job_id_hash=job_id_hash(job.record.id), ttl_seconds=ttl)
     return accepted(job, replayed=False)
 
 
 async def _job_of(request: Request) -> Job:
-    job = jobs_of(request).find(request.path_params["job_id"])
+    job = jobs_of(request).find(request.path_params["job_id"], principal_of(request).id)
     log_fields(request, job_id_hash=job_id_hash(job.record.id))
     await jobs_of(request).refresh(job)
     return job

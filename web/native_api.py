@@ -29,7 +29,8 @@ async def infer(request: Request) -> JSONResponse:
     inputs = await native_inputs(body, (gen.width, gen.height), services.settings.max_body_bytes)
     log_generation(request, gen, None)
     generated = await generate(services, gen, request_id_of(request), public_base_url(request),
-                               inputs.init_image, inputs.mask_image)
+                               inputs.init_image, inputs.mask_image,
+                               principal=principal_of(request))
     log_generation(request, gen, generated)
     images = [
         image.url if image.data is None

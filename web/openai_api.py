@@ -37,8 +37,9 @@ async def create_image(request: Request) -> Response:
     partials = requested_partials(body.stream, body.partial_images)
     if partials is not None:
         return await stream_images(services, gen, partials, "image_generation",
-                                   request_id_of(request))
-    generated = await generate(services, gen, request_id_of(request), public_base_url(request))
+                                   request_id_of(request), principal=principal_of(request))
+    generated = await generate(services, gen, request_id_of(request), public_base_url(request),
+                               principal=principal_of(request))
     log_generation(request, gen, generated)
     return JSONResponse(images_response(generated))
 

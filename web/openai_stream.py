@@ -24,6 +24,7 @@ from starlette.responses import StreamingResponse
 from imagegen.types import Progress
 from service.container import Services
 from service.generation import GenerationInput, Pending, Usage, finish, start
+from service.tenancy import Principal
 from web.errors import ApiError, api_error_for, bad_request
 
 log = logging.getLogger("imagegen.stream")
@@ -100,7 +101,8 @@ def sse(event_type: str, data: dict[str, Any]) -> str:
 
 async def stream_images(services: Services, gen: GenerationInput, partial_images: int,
                         kind: str, request_id: str, init_image: Image.Image | None = None,
-                        mask_image: Image.Image | None = None) -> StreamingResponse:
+                        mask_image: Image.Image | None = None, *,
+                        principal: Principal) -> StreamingResponse:
     """Start the generation now, so a refusal is an ordinary error response; stream the rest.
 
     The images travel in the events: a stream stores nothing.
@@ -118,7 +120,7 @@ async def stream_images(services: Services, gen: GenerationInput, partial_images
                 log.debug("partial image dropped")
 
     pending = await start(services, gen, request_id, init_image, mask_image, on_progress,
-                          partial_image_steps(gen.steps, partial_images))
+                          partial_image_steps(gen.steps, partial_images), principal=principal)
     return StreamingResponse(
         _events(services, pending, kind, partials),
         media_type="text/event-stream",
@@ -161,3 +163,4 @@ async def _events(services: Services, pending: Pending, kind: str,
         if not pending.ticket.future.done():
             services.engine.cancel(pending.ticket)
         finished.cancel()
+        await pending.slot.release()  # also when `finished` was canceled before it ran

@@ -39,6 +39,7 @@ from service.generation import (
     to_request,
     wait_on_device,
 )
+from service.tenancy import ANONYMOUS, ANONYMOUS_ID, Principal
 from service.webhooks import Subscription
 from store.retention import TTLRejected
 
@@ -86,8 +87,10 @@ class BulkRunner:
             await asyncio.to_thread(remove_batch_dir, self.directory)
 
     async def submit(self, lines: list[BulkLine], base_url: str,
-                     webhook: Subscription | None = None) -> Batch:
-        """Seal the lines on disk and queue the batch; every line's TTL is checked first."""
+                     webhook: Subscription | None = None,
+                     owner: Principal = ANONYMOUS) -> Batch:
+        """Seal the lines on disk and queue the batch of `owner`; every line's TTL is checked
+        first."""
         # A canceled batch counts until its retention ends: it still holds a record and files.
         held = sum(1 for batch in self.batches.values()
                    if not batch.ended or batch.status is BatchStatus.CANCELED)
@@ -112,14 +115,17 @@ class BulkRunner:
         now = self.services.clock()
         batch = Batch(id=batch_id, files=files, total=len(lines), base_url=base_url,
                       created_at=now, expires_at=now + policy.batch_retention_seconds,
-                      webhook=webhook)
+                      webhook=webhook, owner=owner)
         self.batches[batch_id] = batch
         self._pending.put_nowait(batch)
         return batch
 
-    async def find(self, batch_id: str) -> Batch:
-        """The batch; BatchNotFound when unknown or past its retention (checked on every read)."""
+    async def find(self, batch_id: str, owner: str = ANONYMOUS_ID) -> Batch:
+        """The owner's batch; BatchNotFound when unknown, another's (its existence is not
+        revealed), or past its retention (checked on every read)."""
         batch = self.batches.get(batch_id)
+        if batch is not None and batch.owner.id != owner:
+            batch = None
         if batch is not None and batch.expired(self.services.clock()):
             await self._drop(batch)
             batch = None
@@ -221,6 +227,7 @@ class BulkRunner:
 
     async def _generate(self, batch: Batch, line: BulkLine) -> dict[str, Any]:
         services, gen = self.services, line.gen
+        await services.tenancy.admit(batch.owner, gen.model)  # each line: scope, daily quota
         queued_at = time.monotonic()
         request = to_request(gen, new_request_id())
         watch = QueueWatch()
@@ -232,7 +239,8 @@ class BulkRunner:
         result = await wait_on_device(services, ticket, watch)
         ttl = await self._line_ttl(batch, line)
         queue_seconds = max(0.0, time.monotonic() - queued_at - result.device_seconds)
-        generated = await deliver(services, gen, result, ttl, batch.base_url, queue_seconds)
+        generated = await deliver(services, gen, result, ttl, batch.base_url, queue_seconds,
+                                  batch.owner)
         return {
             "images": [image.url for image in generated.images],
             "seed": generated.seed,

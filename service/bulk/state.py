@@ -14,6 +14,7 @@ from typing import Any
 
 from service.bulk.files import BatchFiles
 from service.generation import GenerationInput
+from service.tenancy import ANONYMOUS, Principal
 from service.webhooks import Subscription
 
 
@@ -67,6 +68,8 @@ class Batch:
     line_seconds: float = 0.0  # wall seconds spent on the lines so far
     cancel_requested: bool = False
     webhook: Subscription | None = None
+    # Whose batch it is (another principal gets 404); its lines are admitted and counted as its.
+    owner: Principal = ANONYMOUS
 
     @property
     def processed(self) -> int:

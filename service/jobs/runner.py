@@ -41,6 +41,7 @@ from service.generation import (
     wait_for_result,
 )
 from service.jobs.state import TERMINAL_EVENTS, JobEvent, JobRecord
+from service.tenancy import ANONYMOUS, ANONYMOUS_ID, Principal, Slot
 from service.webhooks import Subscription
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class Job:
     ticket: Ticket | None = None
     subscribers: set[Subscriber] = field(default_factory=set)
     webhook: Subscription | None = None
+    # Whose job it is: another principal gets JobNotFound, as for a job that does not exist.
+    owner: Principal = ANONYMOUS
+    # The owner's concurrent slot, held from admission until the device is done.
+    slot: Slot | None = None
 
     def view(self) -> dict[str, Any]:
         """The job as GET /v1/jobs/{id} shows it: its record, and its webhook's attempts."""
@@ -98,10 +103,12 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    """sha256 hex of a client's Idempotency-Key, and of the body it came with."""
+    """sha256 hex of a client's Idempotency-Key, and of the body it came with; a key is its
+    owner's (another principal's same key is another key)."""
 
     key_hash: str
     body_hash: str
+    owner: str = ANONYMOUS_ID
 
 
 class JobRunner:
@@ -110,14 +117,17 @@ class JobRunner:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.jobs: dict[str, Job] = {}
-        # key hash -> (job id, body hash)
-        self.idempotency: dict[str, tuple[str, str]] = {}
+        # (owner, key hash) -> (job id, body hash)
+        self.idempotency: dict[tuple[str, str], tuple[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def find(self, job_id: str) -> Job:
-        """The job, or JobNotFound when unknown or expired (checked on every read)."""
+    def find(self, job_id: str, owner: str = ANONYMOUS_ID) -> Job:
+        """The owner's job, or JobNotFound when unknown, another's, or expired (checked on
+        every read)."""
         now = self.services.clock()
         job = self.jobs.get(job_id)
+        if job is not None and job.owner.id != owner:
+            job = None
         if job is not None and job.record.expired(now):
             self.purge(now)
             job = None
@@ -136,11 +146,11 @@ class JobRunner:
 
     def replay(self, key: IdempotencyKey) -> Job | None:
         """The job an earlier request with this key made; IdempotencyConflict on another body."""
-        known = self.idempotency.get(key.key_hash)
+        known = self.idempotency.get((key.owner, key.key_hash))
         if known is None:
             return None
         try:
-            job = self.find(known[0])
+            job = self.find(known[0], key.owner)
         except JobNotFound:
             return None
         if known[1] != key.body_hash:
@@ -150,8 +160,10 @@ class JobRunner:
     def start(self, gen: GenerationInput, ttl: float, base_url: str, request_id: str, *,
               init_image: Image.Image | None = None, mask_image: Image.Image | None = None,
               previews: bool = False, key: IdempotencyKey | None = None,
-              webhook: Subscription | None = None) -> Job:
-        """Queue the generation as a new job (QueueFull leaves nothing behind)."""
+              webhook: Subscription | None = None, owner: Principal = ANONYMOUS,
+              slot: Slot | None = None) -> Job:
+        """Queue the generation as a new job of `owner`, holding its concurrent `slot` until
+        the device is done (QueueFull leaves nothing behind; the caller keeps the slot)."""
         now = self.services.clock()
         self.purge(now)
         if len(self.jobs) >= self.services.settings.max_job_records:
@@ -161,14 +173,15 @@ class JobRunner:
             raise TooManyJobs(min(expiries) - now if expiries else None)
         record = JobRecord(id="job_" + secrets.token_urlsafe(24), model=gen.model,
                            created_at=now, ttl_seconds=ttl)
-        job = Job(record, webhook=webhook)
+        job = Job(record, webhook=webhook, owner=owner)
         request = to_request(gen, request_id, init_image, mask_image, want_previews=previews)
         loop = asyncio.get_running_loop()
         job.ticket = submit(self.services, request, on_progress=self._progress_hook(job, loop),
                             on_queue=QueueWatch(forward=lambda event: self._queued(job, event)))
+        job.slot = slot
         self.jobs[record.id] = job
         if key is not None:
-            self.idempotency[key.key_hash] = (record.id, key.body_hash)
+            self.idempotency[(key.owner, key.key_hash)] = (record.id, key.body_hash)
         # Where it stands now; later changes are pushed by the queue.
         position = job.ticket.position
         self.publish(job, record.queued(position) if position is not None else record.started())
@@ -266,8 +279,12 @@ class JobRunner:
         assert job.ticket is not None
         services = self.services
         try:
-            result = await wait_for_result(services, job.ticket)
-            generated = await deliver(services, gen, result, ttl, base_url, 0.0)
+            try:
+                result = await wait_for_result(services, job.ticket)
+            finally:
+                if job.slot is not None:
+                    await job.slot.release()
+            generated = await deliver(services, gen, result, ttl, base_url, 0.0, job.owner)
         except JobCanceled:
             self._end(job, job.record.canceled(services.clock()))
         except Exception as exc:

@@ -10,6 +10,7 @@ from service.tenancy.errors import (
     RateLimited,
 )
 from service.tenancy.keys import ApiKey
+from service.tenancy.limiter import Slot
 from service.tenancy.principal import ANONYMOUS, ANONYMOUS_ID, DEMO_ID, Limits, Principal
 from service.tenancy.tenancy import AUTH_MODES, Tenancy
 from service.tenancy.usage import Usage
@@ -29,6 +30,7 @@ __all__ = [
     "Quota",
     "QuotaExceeded",
     "RateLimited",
+    "Slot",
     "Tenancy",
     "Usage",
 ]

@@ -23,10 +23,11 @@ class KeyRejected(ServiceError):
         "model_not_allowed": ("This API key may not use this model.", "model"),
     }
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, key_id: str | None = None) -> None:
         message, param = self.REJECTIONS[code]
         super().__init__(message, param)
         self.code = code
+        self.key_id = key_id  # for the log line: which real key was refused
 
 
 class KeyNotFound(ServiceError):

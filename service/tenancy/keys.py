@@ -73,9 +73,9 @@ class ApiKey:
     def check(self, now: float) -> None:
         """KeyRejected when revoked or expired."""
         if self.revoked_at is not None:
-            raise KeyRejected("key_revoked")
+            raise KeyRejected("key_revoked", self.id)
         if self.expires_at is not None and now >= self.expires_at:
-            raise KeyRejected("key_expired")
+            raise KeyRejected("key_expired", self.id)
 
     def principal(self) -> Principal:
         models = None if self.models is None else frozenset(self.models)

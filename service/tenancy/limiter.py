@@ -14,7 +14,6 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from limits import RateLimitItemPerMinute
@@ -94,6 +93,23 @@ class RedisLeases:
         await self._client.aclose()
 
 
+class Slot:
+    """A held concurrent slot; release() is safe to call more than once."""
+
+    def __init__(self, leases: Leases | None, principal_id: str, lease: str | None) -> None:
+        self._leases = leases
+        self._principal_id = principal_id
+        self._lease = lease
+
+    async def release(self) -> None:
+        leases, lease, self._lease = self._leases, self._lease, None
+        if leases is None or lease is None:
+            return
+        # A lost Redis keeps the lease until it runs out; the request's outcome stands.
+        with contextlib.suppress(StoreUnavailable):
+            await leases.release(self._principal_id, lease)
+
+
 class Limiter:
     """Requests per minute and concurrent generations of each principal."""
 
@@ -132,24 +148,18 @@ class Limiter:
             f"Retry in {reset} seconds.",
             Quota("requests", per_minute, 60, stats.remaining, reset))
 
-    @contextlib.asynccontextmanager
-    async def slot(self, principal: Principal) -> AsyncIterator[None]:
-        """Hold one of the principal's concurrent slots; RateLimited when all are taken."""
+    async def take_slot(self, principal: Principal) -> Slot:
+        """One of the principal's concurrent slots, until released; RateLimited when all are
+        taken. Held by a generation from admission until it has ended, however it ends."""
         limit = principal.limits.max_concurrent
         if limit is None:
-            yield
-            return
+            return Slot(None, principal.id, None)
         lease = await self._leases.acquire(principal.id, limit)
         if lease is None:
             raise RateLimited(
                 f"Too many concurrent requests: at most {limit} at a time for this key.",
                 Quota("concurrency", limit, None, 0, CONCURRENCY_RETRY_SECONDS))
-        try:
-            yield
-        finally:
-            # A lost Redis keeps the lease until it runs out; the request's outcome stands.
-            with contextlib.suppress(StoreUnavailable):
-                await self._leases.release(principal.id, lease)
+        return Slot(self._leases, principal.id, lease)
 
     async def close(self) -> None:
         await self._leases.close()

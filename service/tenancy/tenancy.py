@@ -23,7 +23,7 @@ from service.tenancy.keys import (
     hash_key,
     mint_key,
 )
-from service.tenancy.limiter import Limiter
+from service.tenancy.limiter import Limiter, Slot
 from service.tenancy.principal import ANONYMOUS, DEMO_ID, Limits, Principal
 from service.tenancy.usage import (
     SECONDS_PER_DAY,
@@ -134,18 +134,21 @@ class Tenancy:
                 f"It renews in {wait} seconds (00:00 UTC).",
                 Quota("device_seconds", quota, SECONDS_PER_DAY, 0, wait))
 
-    @contextlib.asynccontextmanager
-    async def generation(self, principal: Principal, model: str) -> AsyncIterator[None]:
-        """Admit, and hold one of the principal's concurrent slots while the body runs."""
-        await self.admit(principal, model)
-        async with self.limiter.slot(principal):
-            yield
+    async def take_slot(self, principal: Principal) -> Slot:
+        """One of the principal's concurrent slots (RateLimited when all are taken)."""
+        return await self.limiter.take_slot(principal)
 
-    async def record(self, principal: Principal, model: str, images: int,
-                     device_seconds: float, price_per_second: float) -> Usage:
-        usage = Usage.of(device_seconds, price_per_second)
+    @contextlib.asynccontextmanager
+    async def slot(self, principal: Principal) -> AsyncIterator[None]:
+        """Hold one of the principal's concurrent slots while the body runs."""
+        held = await self.take_slot(principal)
+        try:
+            yield
+        finally:
+            await held.release()
+
+    async def record(self, principal: Principal, model: str, images: int, usage: Usage) -> None:
         await self.usage.record(principal.id, model, images, usage)
-        return usage
 
     async def issue_key(self, *, name: object, models: object = None,
                         expires_at: object = None, limits: Limits,

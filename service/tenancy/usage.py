@@ -24,7 +24,7 @@ METRICS = ("requests", "images", "device_seconds", "cost")
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What one generation cost; the response's `usage` and the ledger's entry."""
+    """What one generation cost: the response's `usage`, the ledger's entry, the quota's unit."""
 
     device_seconds: float
     cost: float
@@ -32,7 +32,8 @@ class Usage:
     @classmethod
     def of(cls, device_seconds: float, price_per_second: float) -> Usage:
         # Cost is billed in device seconds times the model's price: what the service spends.
-        return cls(round(device_seconds, 4), round(device_seconds * price_per_second, 6))
+        seconds = round(device_seconds, 4)
+        return cls(seconds, round(seconds * price_per_second, 6))
 
     def to_dict(self) -> dict[str, float]:
         return {"device_seconds": self.device_seconds, "cost": self.cost}

@@ -25,6 +25,22 @@ function formatLeft(seconds) {
   return big + bigUnit + (small ? " " + small + smallUnit : "");
 }
 
+// A visitor over a limit is told, in words, what happened and how long to wait.
+function busyMessage(code, seconds) {
+  const wait = seconds > 0 ? formatLeft(seconds) : "a few seconds";
+  if (code === "queue_full") {
+    return "The queue is full: many people are generating right now. Please try again in "
+           + (seconds > 0 ? seconds : "a few") + " seconds.";
+  }
+  if (code === "quota_exceeded") {
+    return "The demo has used its share of the device for today. It renews in " + wait + ".";
+  }
+  if (code === "rate_limited") {
+    return "You are going a little fast for the demo. Please try again in " + wait + ".";
+  }
+  return "The service is busy. Please try again in " + wait + ".";
+}
+
 function setStatus(text, kind = "") {
   $("status").textContent = text;
   $("status").className = kind;
@@ -176,9 +192,8 @@ async function submitJob() {
   if (!Number.isNaN(skew) && Math.abs(skew) > 2) clockSkew = skew;
   const answer = await response.json().catch(() => ({}));
   if (response.status === 429) {
-    const wait = response.headers.get("Retry-After") || "a few";
-    finish("The queue is full: many people are generating right now. Please try again in "
-           + wait + " seconds.", "error busy");
+    finish(busyMessage((answer.error || {}).code, Number(response.headers.get("Retry-After"))),
+           "error busy");
     return;
   }
   if (!response.ok) {
