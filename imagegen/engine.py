@@ -12,7 +12,7 @@ from imagegen.adapters import Adapter, AdapterCatalog, Weights
 from imagegen.batcher import Batcher, Lane, QueueFull, Ticket
 from imagegen.families import check_offered
 from imagegen.model_manager import ModelEvents, ModelManager, ModelState, budget_bytes
-from imagegen.pipelines.base import TextToImagePipeline
+from imagegen.pipelines.base import RequestRefused, TextToImagePipeline
 from imagegen.registry import DeviceSpec, ModelSpec, resolve_device
 from imagegen.speed import compilations
 from imagegen.types import GenerationRequest, Progress, QueueEvent
@@ -140,6 +140,9 @@ class Engine:
         check_offered(spec.name, spec.traits, request)
         if request.loras:
             uses = self.adapters.resolve(spec.name, request.loras, request.owner)
+            if spec.lora_max_rank and len(uses) > 1:
+                raise RequestRefused(f"Model '{spec.name}' is compiled with one adapter slot: "
+                                     "one adapter per request.", "loras")
             request = dataclasses.replace(
                 request, params=dataclasses.replace(request.params, loras=uses))
         ticket = Ticket(request=request, lane=lane, timeout_seconds=timeout_seconds,

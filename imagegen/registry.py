@@ -60,6 +60,9 @@ class ModelSpec:
     fuse_qkv: bool = False
     # Batch sizes a compiled model runs at (others are padded up to one); () = powers of 2.
     batch_buckets: tuple[int, ...] = ()
+    # A compiled model's adapter slot (rank): one adapter per request is copied into it
+    # (diffusers' LoRA hotswap) instead of loaded beside it, so nothing recompiles.
+    lora_max_rank: int = 0
     # The operator's LoRA adapters ([models.NAME.loras] name = "file.safetensors").
     loras: tuple[tuple[str, Path], ...] = ()
 
@@ -240,6 +243,13 @@ def _check_speed(spec: ModelSpec, where: str) -> None:
     for flag in ("compile", "channels_last", "fuse_qkv"):
         if not isinstance(getattr(spec, flag), bool):
             raise ModelConfigError(f"{where}.{flag} must be true or false")
+    rank = spec.lora_max_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ModelConfigError(f"{where}.lora_max_rank must be a whole number, 0 for none")
+    if rank and not (spec.compile and spec.traits.adapters and not spec.fuse_qkv):
+        # The slot's layers are the separate q, k, v projections that fusing removes.
+        raise ModelConfigError(f"{where}.lora_max_rank needs compile = true, a family that "
+                               "takes adapters, and no fuse_qkv")
     if spec.compile_mode not in COMPILE_MODES:
         raise ModelConfigError(f"{where}.compile_mode must be one of {', '.join(COMPILE_MODES)}")
     if spec.attention not in ATTENTION:

@@ -51,6 +51,12 @@ def apply_speed_settings(spec: ModelSpec, pipeline: TextToImagePipeline) -> None
         for component in components:
             if any(isinstance(m, torch.nn.Conv2d) for m in component.modules()):
                 component.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if spec.lora_max_rank:  # before compiling: the graph must include the slot's layers
+        from imagegen.pipelines.auto import DiffusersPipeline
+
+        if not isinstance(pipeline, DiffusersPipeline):
+            raise ModelConfigError(f"models.{spec.name}.lora_max_rank: no adapters here")
+        pipeline.open_adapter_slot(spec.lora_max_rank)
     if spec.compile:
         _compile(network, spec)
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bench import random_sd
+from imagegen.adapters import Adapter, LoraUse, read_adapter
 from imagegen.engine import Engine
 from imagegen.model_manager import (
     DEFAULT_RESERVE_FRACTION,
@@ -30,6 +31,7 @@ from imagegen.pipelines.base import PipelineOutput, TextToImagePipeline
 from imagegen.registry import DeviceSpec, ModelSpec, load_pipeline, load_specs
 from imagegen.speed import compilations
 from imagegen.types import GenerationRequest, SamplingParams
+from tests import tiny_families
 
 pytestmark = [
     pytest.mark.gpu,
@@ -150,6 +152,32 @@ def test_compiled_model_moved_out_and_back_recompiles_nothing(tmp_path: Path) ->
         assert compilations.total == warm
     finally:
         engine.stop()
+
+
+def test_compiled_adapter_slot_swaps_adapters_without_recompiling(tmp_path: Path) -> None:
+    spec = toy_specs(tmp_path, ["fast"], compile=True, lora_max_rank=8)["fast"]
+    pipeline = load_pipeline(spec)
+    adapters = [read_adapter(tiny_families.lora_bytes(spec.path, seed=seed), "fast")
+                for seed in (1, 2)]
+
+    def draw(*uses: tuple[int, float]) -> torch.Tensor:
+        loras = tuple(LoraUse(Adapter(name=f"a{i}", model="fast", weights=adapters[i],
+                                      key=f"a{i}"), scale) for i, scale in uses)
+        with torch.inference_mode():
+            output = pipeline(["a cat"], negative_prompts=[None],
+                              generators=[torch.Generator(device=CUDA).manual_seed(3)],
+                              width=SIZE, height=SIZE, num_inference_steps=2,
+                              guidance_scale=7.5, loras=loras)
+        return torch.tensor(list(output.images[0].getdata()), dtype=torch.int32)
+
+    base = draw()
+    warm = compilations.total
+    first, second, weaker = draw((0, 1.0)), draw((1, 1.0)), draw((1, 0.5))
+    again = draw()
+    assert compilations.total == warm  # other adapters and scales: no recompile
+    assert not torch.equal(first, base) and not torch.equal(second, first)
+    assert not torch.equal(weaker, second)
+    assert int((again - base).abs().max()) <= 2
 
 
 def _wait(condition: Any, timeout: float = 600.0) -> bool:

@@ -40,6 +40,10 @@ MAX_LOADED_ADAPTERS = 8
 # The down (A) and up (B) matrices of a LoRA layer, in diffusers' and peft's spellings.
 _LORA_DOWN = (".lora.down.weight", ".lora_A.weight", ".lora_down.weight")
 _LORA_UP = (".lora.up.weight", ".lora_B.weight", ".lora_up.weight")
+# A compiled model's one adapter (ModelSpec.lora_max_rank), on the denoiser's attention
+# projections: what LoRAs of these families train.
+ADAPTER_SLOT = "slot"
+SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 class DiffusersPipeline:
@@ -70,6 +74,40 @@ class DiffusersPipeline:
         # (in, out) features of every layer an adapter may change, read before any is loaded.
         self._adapter_targets = _layer_shapes(text2image) if family.adapters else {}
         self._loaded: dict[str, Adapter] = {}  # by key, least recently used first
+        # With an adapter slot: its rank, its all-zero weights, and what it holds now.
+        self._slot_rank = 0
+        self._empty_slot: Weights = {}
+        self._slot_holds: tuple[str, float] | None = None
+
+    def open_adapter_slot(self, rank: int) -> None:
+        """Before compiling: an adapter of `rank` on the denoiser's attention projections,
+        all zeros (no effect). A request's adapter is copied into it (diffusers' hotswap,
+        its scale folded into the weights), so the compiled graph never changes."""
+        from peft import LoraConfig, get_peft_model_state_dict
+
+        name = "unet" if getattr(self.text2image, "unet", None) is not None else "transformer"
+        denoiser = getattr(self.text2image, name)
+        self.text2image.enable_lora_hotswap(target_rank=rank)
+        denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank,
+                                        target_modules=list(SLOT_TARGETS)), adapter_name="shape")
+        state = get_peft_model_state_dict(denoiser, adapter_name="shape")
+        denoiser.delete_adapters("shape")
+        self._empty_slot = {f"{name}.{key}": torch.zeros_like(value)
+                            for key, value in state.items()}
+        # Clones: peft may keep the given tensors as the slot's parameters, which later
+        # swaps overwrite in place.
+        self.text2image.load_lora_weights(_clones(self._empty_slot), adapter_name=ADAPTER_SLOT)
+        self._slot_rank = rank
+
+    def _fill_slot(self, use: LoraUse | None) -> None:
+        holds = None if use is None else (use.adapter.key, use.scale)
+        if holds == self._slot_holds:
+            return
+        weights = _clones(self._empty_slot) if use is None else {
+            key: tensor * use.scale if key.endswith(_LORA_UP) else tensor.clone()
+            for key, tensor in use.adapter.weights.items()}
+        self.text2image.load_lora_weights(weights, adapter_name=ADAPTER_SLOT, hotswap=True)
+        self._slot_holds = holds
 
     def check_adapter(self, weights: Weights, model: str) -> None:
         """Refuse weights that are not a LoRA of this model's layers (before any is loaded)."""
@@ -90,13 +128,27 @@ class DiffusersPipeline:
                 if tensor.dim() < 2 or tensor.shape[1 - side] != wanted:
                     raise AdapterInvalid(f"The adapter does not fit model '{model}': its "
                                          "layers are not the model's.", "file")
+                if self._slot_rank:
+                    self._check_fits_slot(key[:-len(suffix)], tensor.shape[side], model)
                 matrices += 1
         if matrices == 0:
             raise AdapterInvalid(f"The adapter holds no LoRA weights for model '{model}'.",
                                  "file")
 
+    def _check_fits_slot(self, layer: str, rank: int, model: str) -> None:
+        if not layer.endswith(tuple(f".{target}" for target in SLOT_TARGETS)):
+            raise AdapterInvalid(f"Model '{model}' is compiled with an adapter slot for "
+                                 f"attention projections ({', '.join(SLOT_TARGETS)}); the "
+                                 "adapter changes other layers.", "file")
+        if rank > self._slot_rank:
+            raise AdapterInvalid(f"The adapter's rank {rank} is above model '{model}''s "
+                                 f"lora_max_rank {self._slot_rank}.", "file")
+
     def _use_adapters(self, loras: tuple[LoraUse, ...]) -> None:
         """Exactly these adapters at these scales for the next call; none when empty."""
+        if self._slot_rank:  # the engine refuses more than one for a slot
+            self._fill_slot(loras[0] if loras else None)
+            return
         keep = {use.adapter.key for use in loras}
         for key, adapter in list(self._loaded.items()):
             if key not in keep and (adapter.deleted
@@ -222,6 +274,10 @@ def _on_step_end(step_callback: StepCallback | None) -> Callable[..., dict[str, 
         return tensors
 
     return on_step_end
+
+
+def _clones(weights: Weights) -> Weights:
+    return {key: tensor.clone() for key, tensor in weights.items()}
 
 
 def _layer_shapes(pipeline: Diffusers) -> dict[str, tuple[int, int]]:
