@@ -4,6 +4,7 @@ worker is the test (tests/service_support.py), real store and retention on a fak
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
+from imagegen.adapters import AdapterChoice
 from imagegen.encode import encode_image
 from imagegen.types import GenerationResult
 from service.bulk.state import BatchStatus, BulkLine
@@ -251,3 +253,10 @@ async def test_stopping_lets_a_job_whose_result_is_in_store_it(tmp_path: Path) -
     await services.jobs.stop()
     assert job.record.status is JobStatus.SUCCEEDED
     assert (await services.store.stats()).count == 1
+
+
+def test_a_sealed_line_reads_back_as_the_line_it_was() -> None:
+    gen = dataclasses.replace(gen_input(ttl_seconds=30), negative_prompt="blue",
+                              loras=(AdapterChoice("pixel", 0.5),), owner="key_1")
+    line = BulkLine("a", gen)
+    assert BulkLine.from_json(line.to_json()) == line

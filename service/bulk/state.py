@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from imagegen.adapters import AdapterChoice
 from service.bulk.files import BatchFiles
 from service.generation import GenerationInput
 from service.tenancy import ANONYMOUS, Principal
@@ -44,7 +45,9 @@ class BulkLine:
     def from_json(cls, raw: bytes) -> BulkLine:
         """A line this process sealed (authenticated, so it is what to_json wrote)."""
         item = json.loads(raw)
-        return cls(item["custom_id"], GenerationInput(**item["gen"]))
+        fields = item["gen"]
+        loras = tuple(AdapterChoice(**choice) for choice in fields.pop("loras"))
+        return cls(item["custom_id"], GenerationInput(**fields, loras=loras))
 
 
 def new_batch_id() -> str:
