@@ -351,8 +351,20 @@ def as_form_fields(schema: dict[str, Any]) -> None:
         schema["properties"][name] = prop
 
 
+def require_keys(paths: dict[str, dict[str, Any]]) -> None:
+    """With IMAGEGEN_AUTH=keys, every /v1 call needs a key and may meet its limits."""
+    for path, item in paths.items():
+        if not path.startswith("/v1/"):
+            continue
+        for operation in item.values():
+            operation["security"] = [{"bearer": []}]
+            for status in (401, 403, 429):
+                operation["responses"].setdefault(str(status), {
+                    "description": "Error", "content": {"application/json": {"schema": ERROR}}})
+
+
 def document(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
-             pipelines: Mapping[str, Any]) -> dict[str, Any]:
+             pipelines: Mapping[str, Any], *, keys_required: bool = False) -> dict[str, Any]:
     schemas = copy.deepcopy(request_schemas())
     limits = served_limits(specs, policy, pipelines)
     for schema in schemas.values():
@@ -365,6 +377,8 @@ def document(specs: Mapping[str, ModelSpec], policy: RetentionPolicy,
     for operation in (paths["/v1/inference/{model}"]["post"], paths["/v1/models/{model}"]["get"],
                       paths["/models/{name}"]["get"]):
         operation["parameters"][0]["schema"]["enum"] = sorted(specs)
+    if keys_required:
+        require_keys(paths)
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type"],
         "properties": {"message": {"type": "string"}, "type": {"type": "string"},
@@ -384,7 +398,8 @@ async def openapi_json(request: Request) -> JSONResponse:
     services = services_of(request)
     engine = services.engine
     return JSONResponse(document(engine.specs, await services.retention.get(),
-                                 engine.pipelines))
+                                 engine.pipelines,
+                                 keys_required=services.settings.auth == "keys"))
 
 
 routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
