@@ -256,8 +256,16 @@ async def wait_on_device(services: Services, ticket: Ticket, watch: QueueWatch) 
                 changed.cancel()
     except BaseException:
         services.engine.cancel(ticket)
+        # Its outcome (JobCanceled, as a rule) is nobody's now: seen here, or asyncio logs
+        # "Future exception was never retrieved" with a traceback.
+        future.add_done_callback(_outcome_seen)
         raise
     return future.result()
+
+
+def _outcome_seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def store_images(services: Services, images: list[bytes], content_type: str,

@@ -9,6 +9,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from imagegen.adapters import AdapterChoice
+from service.bulk.state import BulkLine
+from service.generation import GenerationInput
 from tests.helpers import ADMIN_TOKEN, CANARY, running_app
 
 PROMPT = f"a red circle {CANARY}"
@@ -193,3 +196,21 @@ async def test_json_with_urls_is_not_cached(client: httpx.AsyncClient) -> None:
     # An image keeps its own caching headers.
     image = await client.get(made.json()["data"][0]["url"])
     assert image.headers["cache-control"].startswith("private, max-age=")
+
+
+async def test_batch_line_with_an_unknown_adapter_is_refused_at_submit(
+        client: httpx.AsyncClient) -> None:
+    line = {"custom_id": "a", "body": {"prompt": PROMPT, "width": 32, "height": 32,
+                                       "loras": [{"name": "no-such-adapter", "scale": 1}]}}
+    response = await client.post("/v1/batches", content=json.dumps(line), headers=JSONL)
+    assert response.status_code == 400, response.text
+    assert "line 1 (body.loras)" in response.json()["error"]["message"]
+
+
+async def test_a_sealed_batch_line_keeps_its_adapters() -> None:
+    gen = GenerationInput(model="shapes", prompt="a red circle", negative_prompt=None, n=1,
+                          width=32, height=32, steps=2, guidance=1.5, seed=7, ttl_seconds=None,
+                          output_format="png", response_format="url",
+                          loras=(AdapterChoice("pixel", 0.5),))
+    line = BulkLine("a", gen)
+    assert BulkLine.from_json(line.to_json()) == line

@@ -63,4 +63,4 @@ def test_schemathesis_finds_nothing(run: str, tmp_path: Path,
     assert result.returncode == 0, report
     assert "Failures:" not in report, report
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not errors, [(r.name, r.getMessage()) for r in errors]
+    assert not errors, [(r.name, r.getMessage(), getattr(r, "error_type", None)) for r in errors]

@@ -45,7 +45,7 @@ async def create_batch(request: Request) -> JSONResponse:
     query = webhook_query(request)
     raw = await read_body(request, services.settings.max_body_bytes,
                           line_limit=(MAX_BATCH_LINES, TOO_MANY_LINES))
-    lines = await off_loop_if_large(raw, parse_batch, services)
+    lines = await off_loop_if_large(raw, parse_batch, services, principal_of(request).id)
     webhook = None
     if query.webhook_url is not None:
         webhook = await subscribe(request, "batch", query.webhook_url, query.webhook_events,

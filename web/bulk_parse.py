@@ -14,7 +14,7 @@ from typing import Any
 
 from service.bulk.state import BulkLine
 from service.container import Services
-from service.errors import InvalidInput
+from service.errors import InvalidInput, RequestRefused
 from service.generation import GenerationInput, check_prompt
 from web import strict_json
 from web.errors import ApiError
@@ -48,18 +48,21 @@ def _line_error(error: ApiError) -> LineError:
     return LineError(error.param or "line", error.message)
 
 
-def validate_body(services: Services, body: BatchLineBody) -> GenerationInput:
-    """A line's request body, checked against its model as POST /v1/inference/{model} is."""
+def validate_body(services: Services, body: BatchLineBody, owner: str) -> GenerationInput:
+    """A line's request body, checked against its model as POST /v1/inference/{model} is,
+    adapters included (here, not when the line runs: a bad one is the submitter's 400)."""
     try:
         spec = find_model(services.engine.specs, body.model, services.default_model)
-        gen = parse_native(spec, body)
+        gen = parse_native(spec, body, owner=owner)
         check_prompt(services, gen)
-    except (ApiError, InvalidInput) as exc:
+        if gen.loras:
+            services.engine.adapters.resolve(spec.name, gen.loras, owner)
+    except (ApiError, InvalidInput, RequestRefused) as exc:
         raise LineError(f"body.{exc.param}" if exc.param else "body", exc.message) from None
     return gen
 
 
-def parse_batch(raw: bytes, services: Services) -> list[BulkLine]:
+def parse_batch(raw: bytes, services: Services, owner: str) -> list[BulkLine]:
     """The validated lines (with the model and seed fixed), or a 4xx.
 
     CPU-bound on a large body: callers run it in a thread.
@@ -74,7 +77,7 @@ def parse_batch(raw: bytes, services: Services) -> list[BulkLine]:
     seen: set[str] = set()
     for number, entry in enumerate(entries, 1):
         try:
-            normalized.append(_normalize(services, entry, seen))
+            normalized.append(_normalize(services, entry, seen, owner))
         except LineError as exc:
             bad.append(BadLine(number, exc.field, exc.reason))
     if bad:
@@ -121,14 +124,14 @@ def _parse_line(line: bytes) -> Any:
         return _NotJson(strict_json.syntax_error(exc, field_names(BatchLine)))
 
 
-def _normalize(services: Services, entry: Any, seen: set[str]) -> BulkLine:
+def _normalize(services: Services, entry: Any, seen: set[str], owner: str) -> BulkLine:
     if isinstance(entry, _NotJson):
         raise _line_error(entry.error)
     try:
         line = validate(BatchLine, entry)
     except ApiError as exc:
         raise _line_error(exc) from None
-    gen = validate_body(services, line.body)
+    gen = validate_body(services, line.body, owner)
     if line.custom_id in seen:
         raise LineError("custom_id", "'custom_id' repeats an earlier line's.")
     seen.add(line.custom_id)
