@@ -360,3 +360,16 @@ async def test_the_edits_form_takes_adapters_as_json_text(client: httpx.AsyncCli
                                       data={**fields, "loras": bad})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"].startswith("loras")
+
+
+def test_a_batch_line_keeps_its_adapters_through_its_sealed_record() -> None:
+    from service.bulk.state import BulkLine
+    from service.generation import GenerationInput
+
+    gen = GenerationInput(model="sd15", prompt="a red cat", negative_prompt=None, n=1,
+                          width=32, height=32, steps=2, guidance=5.0, seed=1,
+                          ttl_seconds=None, output_format="png", response_format="url",
+                          loras=(AdapterChoice("pixel", 0.5), AdapterChoice("lora_x")),
+                          owner="alice")
+    line = BulkLine("a", gen)
+    assert BulkLine.from_json(line.to_json()) == line
