@@ -500,3 +500,30 @@ async def test_a_job_holds_its_keys_concurrent_slot_until_it_ends(
     # The job's generation was counted as the key's, in the one path.
     (row,) = (await keyed.get("/v1/usage", headers=headers)).json()["data"]
     assert row["requests"] >= 1 and row["images"] == row["requests"]
+
+
+async def test_a_batch_line_for_a_model_out_of_scope_fails_alone(
+    tmp_path: Path, priced_models: Path
+) -> None:
+    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json", models=priced_models)
+    async with running_app(settings) as client:
+        headers = bearer((await create_key(client, models=["pricey"]))["key"])
+        lines = [{"custom_id": "in", "body": {"prompt": "a red circle", "model": "pricey"}},
+                 {"custom_id": "out", "body": {"prompt": "a red circle", "model": "shapes",
+                                               "width": 32, "height": 32}}]
+        made = await client.post("/v1/batches",
+                                 headers={**headers, "content-type": "application/jsonl"},
+                                 content="".join(json.dumps(line) + "\n" for line in lines))
+        batch_id = made.json()["id"]
+        for _ in range(600):
+            batch = (await client.get(f"/v1/batches/{batch_id}", headers=headers)).json()
+            if batch["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        output = (await client.get(f"/v1/batches/{batch_id}/output", headers=headers)).text
+        (row,) = (await client.get("/v1/usage", headers=headers)).json()["data"]
+
+    results = {line["custom_id"]: line for line in map(json.loads, output.splitlines())}
+    assert results["in"]["error"] is None
+    assert results["out"]["error"]["code"] == "model_not_allowed"
+    assert (row["model"], row["requests"]) == ("pricey", 1)
