@@ -49,7 +49,6 @@ return 1
 class Leases(Protocol):
     async def acquire(self, principal_id: str, limit: int) -> str | None: ...
     async def release(self, principal_id: str, lease: str) -> None: ...
-    async def close(self) -> None: ...
 
 
 class MemoryLeases:
@@ -67,13 +66,11 @@ class MemoryLeases:
         if self._held[principal_id] <= 0:
             del self._held[principal_id]
 
-    async def close(self) -> None:
-        return None
-
 
 class RedisLeases:
-    def __init__(self, url: str, lease_seconds: float, *, key_prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = connect(url)
+    def __init__(self, client: Redis, lease_seconds: float, *,
+                 key_prefix: str = DEFAULT_PREFIX) -> None:
+        self._client = client
         self._acquire = self._client.register_script(ACQUIRE_LEASE)
         self._lease_seconds = lease_seconds
         self._prefix = f"{key_prefix}leases:"
@@ -88,9 +85,6 @@ class RedisLeases:
     async def release(self, principal_id: str, lease: str) -> None:
         with reachable():
             await self._client.zrem(self._prefix + principal_id, lease)
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 class Slot:
@@ -118,13 +112,13 @@ class Limiter:
         self._leases: Leases
         self._redis: Redis | None = None
         if redis_url:
-            # Our client (short timeouts, one retry), lent to `limits` through its pool.
+            # Our client (short timeouts, one retry), lent to `limits` through its pool too.
             self._redis = connect(redis_url)
             self._storage = RedisStorage(
                 "async+" + redis_url, implementation="redispy", wrap_exceptions=True,
                 key_prefix=f"{DEFAULT_PREFIX}limits",
                 connection_pool=self._redis.connection_pool)  # type: ignore[arg-type]
-            self._leases = RedisLeases(redis_url, lease_seconds)
+            self._leases = RedisLeases(self._redis, lease_seconds)
         else:
             self._storage = MemoryStorage()
             self._leases = MemoryLeases()
@@ -150,7 +144,7 @@ class Limiter:
 
     async def take_slot(self, principal: Principal) -> Slot:
         """One of the principal's concurrent slots, until released; RateLimited when all are
-        taken. Held by a generation from admission until it has ended, however it ends."""
+        taken. A generation holds it from admission until the device is done with it."""
         limit = principal.limits.max_concurrent
         if limit is None:
             return Slot(None, principal.id, None)
@@ -162,7 +156,6 @@ class Limiter:
         return Slot(self._leases, principal.id, lease)
 
     async def close(self) -> None:
-        await self._leases.close()
         if self._redis is not None:
             await self._redis.aclose()
         elif isinstance(self._storage, MemoryStorage) and self._storage.timer is not None:

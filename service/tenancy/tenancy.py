@@ -7,9 +7,8 @@ and to record its usage. No HTTP here: failures are domain errors.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -137,15 +136,6 @@ class Tenancy:
     async def take_slot(self, principal: Principal) -> Slot:
         """One of the principal's concurrent slots (RateLimited when all are taken)."""
         return await self.limiter.take_slot(principal)
-
-    @contextlib.asynccontextmanager
-    async def slot(self, principal: Principal) -> AsyncIterator[None]:
-        """Hold one of the principal's concurrent slots while the body runs."""
-        held = await self.take_slot(principal)
-        try:
-            yield
-        finally:
-            await held.release()
 
     async def record(self, principal: Principal, model: str, images: int, usage: Usage) -> None:
         await self.usage.record(principal.id, model, images, usage)
