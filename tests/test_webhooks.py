@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 import standardwebhooks
 
+from service.tenancy.keys import hash_key
+from service.tenancy.principal import ANONYMOUS, Principal
 from service.webhooks import (
     AddressPolicy,
     WebhookDeliverer,
@@ -98,10 +100,19 @@ def test_bad_operator_secrets_are_refused(bad: str) -> None:
 def test_secrets_per_principal_and_the_operators_preset() -> None:
     preset = new_secret()
     source = WebhookSecrets({"anonymous": preset})
-    assert source.secret_for("anonymous") == preset
-    made = source.secret_for("key_a")
-    assert made != preset and source.secret_for("key_a") == made
-    assert source.secret_for("key_b") != made
+    assert source.secret_for(ANONYMOUS) == preset
+    made = source.secret_for(Principal("key_a"))
+    assert made != preset and source.secret_for(Principal("key_a")) == made
+    assert source.secret_for(Principal("key_b")) != made
+
+
+def test_an_api_keys_secret_is_the_same_on_every_replica_and_after_a_restart() -> None:
+    one = Principal("key_a", key_hash=hash_key("a"))
+    other = Principal("key_b", key_hash=hash_key("b"))
+    secret = WebhookSecrets().secret_for(one)
+    assert WebhookSecrets().secret_for(one) == secret  # another process derives the same
+    assert secret_key(secret) and secret != WebhookSecrets().secret_for(other)
+    assert hash_key("a") not in secret and hash_key("a") not in repr(one)
 
 
 # --- addresses -----------------------------------------------------------------------------
@@ -186,7 +197,7 @@ async def test_a_notice_is_signed_verifiable_and_thin() -> None:
     with running_receiver() as receiver:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, ["completed"], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, ["completed"], ANONYMOUS)
         assert webhooks.notify(sub, "completed", {"id": "job_1", "status": "succeeded"})
         (got,) = await receiver.wait_for(1)
         await webhooks.stop(5)
@@ -205,7 +216,7 @@ async def test_retried_through_500s_with_the_same_id_each_time_signed() -> None:
     with running_receiver([Answer(500), Answer(503), Answer(200)]) as receiver:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, ["completed"], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, ["completed"], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_2", "status": "failed"})
         got = await receiver.wait_for(3)
         assert await wait_outcomes(counts) == ["delivered"]
@@ -221,7 +232,7 @@ async def test_retry_after_is_honoured() -> None:
     with running_receiver([Answer(429, {"Retry-After": "1"}), Answer(200)]) as receiver:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK))
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_3"})
         first, second = await receiver.wait_for(2)
         await webhooks.stop(5)
@@ -237,7 +248,7 @@ async def test_gone_and_other_answers_end_a_delivery(answer: int, outcome: str) 
     with running_receiver([Answer(answer, headers), Answer(200)]) as receiver:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_4"})
         assert await wait_outcomes(counts) == [outcome]
         await webhooks.stop(5)
@@ -250,7 +261,7 @@ async def test_retries_stop_after_the_retry_window() -> None:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts, retry_seconds=0.5,
                                  first_retry=0.05)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_5"})
         assert await wait_outcomes(counts) == ["expired"]
         await webhooks.stop(5)
@@ -262,7 +273,7 @@ async def test_a_slow_receiver_times_out_and_is_retried() -> None:
     with running_receiver([Answer(200, delay=3.0), Answer(200)]) as receiver:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts, timeout=0.5)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_6"})
         assert await wait_outcomes(counts) == ["delivered"]
         await webhooks.stop(5)
@@ -276,7 +287,7 @@ async def test_shutdown_gives_a_waiting_delivery_one_last_try() -> None:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts, first_retry=60.0,
                                  retry_seconds=600)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_7"})
         await receiver.wait_for(1)
         await webhooks.stop(5)
@@ -290,7 +301,7 @@ async def test_shutdown_tries_once_only_then_drops() -> None:
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK), counts, first_retry=60.0,
                                  retry_seconds=600)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, [], "anonymous")
+        sub = await webhooks.subscribe("job", receiver.url, [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "job_8"})
         await receiver.wait_for(1)
         await webhooks.stop(5)
@@ -303,7 +314,7 @@ async def test_dns_rebinding_is_refused_at_connect_time(guard: LoopbackOnly) -> 
     resolver = StubResolver({"hooks.example": ["93.184.216.34"]})
     webhooks = make_webhooks(AddressPolicy(resolver=resolver), counts)
     webhooks.start()
-    sub = await webhooks.subscribe("job", "http://hooks.example/in", [], "anonymous")
+    sub = await webhooks.subscribe("job", "http://hooks.example/in", [], ANONYMOUS)
     resolver.names["hooks.example"] = ["10.0.0.7"]  # the name now points inside
     webhooks.notify(sub, "completed", {"id": "job_9"})
     assert await wait_outcomes(counts) == ["refused"]
@@ -319,7 +330,7 @@ async def test_a_name_allowed_by_the_operator_is_called_with_its_host_header() -
         webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK, resolver=resolver))
         webhooks.start()
         sub = await webhooks.subscribe("batch", f"http://hooks.internal:{port}/hook",
-                                       [], "anonymous")
+                                       [], ANONYMOUS)
         webhooks.notify(sub, "completed", {"id": "batch_1"})
         (got,) = await receiver.wait_for(1)
         await webhooks.stop(5)
@@ -344,7 +355,8 @@ async def test_progress_is_sent_at_most_once_a_second_and_only_when_asked() -> N
         deliverer = WebhookDeliverer(policy, retry_seconds=5)
         webhooks = Webhooks(policy, WebhookSecrets(), deliverer, monotonic=clock)
         webhooks.start()
-        sub = await webhooks.subscribe("job", receiver.url, ["progress", "completed"], "k")
+        sub = await webhooks.subscribe("job", receiver.url, ["progress", "completed"],
+                                       Principal("k"))
         sent = [webhooks.notify(sub, "started", {"id": "j"})]
         for _ in range(5):
             sent.append(webhooks.notify(sub, "progress", {"id": "j"}))
@@ -361,8 +373,8 @@ async def test_progress_is_sent_at_most_once_a_second_and_only_when_asked() -> N
 async def test_unknown_events_and_default_events() -> None:
     webhooks = make_webhooks(AddressPolicy(allow=LOOPBACK))
     with pytest.raises(ValueError, match="unknown webhook events"):
-        await webhooks.subscribe("job", "http://127.0.0.1:9/x", ["finished"], "k")
-    sub = await webhooks.subscribe("job", "http://127.0.0.1:9/x", [], "k")
+        await webhooks.subscribe("job", "http://127.0.0.1:9/x", ["finished"], Principal("k"))
+    sub = await webhooks.subscribe("job", "http://127.0.0.1:9/x", [], Principal("k"))
     assert sub.events == {"completed"}
 
 

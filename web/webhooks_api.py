@@ -19,14 +19,14 @@ async def subscribe(request: Request, kind: str, url: str, events: Iterable[str]
     """The caller's webhook for a new job or batch; a URL not to be called is a 400 on `param`."""
     try:
         return await services_of(request).webhooks.subscribe(kind, url, events or (),
-                                                            principal_of(request).id)
+                                                            principal_of(request))
     except WebhookRefused as exc:
         raise bad_request(str(exc), param) from None
 
 
 async def webhook_secret(request: Request) -> JSONResponse:
     """Each API key has its own secret; with auth off, the one principal's (or the operator's)."""
-    secret = services_of(request).webhooks.secrets.secret_for(principal_of(request).id)
+    secret = services_of(request).webhooks.secrets.secret_for(principal_of(request))
     return JSONResponse({"object": "webhook_secret", "secret": secret},
                         headers={"Cache-Control": "no-store"})
 

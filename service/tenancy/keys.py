@@ -79,7 +79,7 @@ class ApiKey:
 
     def principal(self) -> Principal:
         models = None if self.models is None else frozenset(self.models)
-        return Principal(self.id, self.limits, models)
+        return Principal(self.id, self.limits, models, key_hash=self.key_hash)
 
     def public(self) -> dict[str, Any]:
         """What an operator may see again: everything but the hash."""

@@ -7,6 +7,7 @@ logs and usage reports carry.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 # With IMAGEGEN_AUTH=none every caller is this one principal (the local tool).
@@ -59,6 +60,9 @@ class Principal:
     limits: Limits = Limits()
     # The models this principal may use; None: every model.
     models: frozenset[str] | None = None
+    # An API key's stored hash: every replica derives the key's webhook secret from it,
+    # the same after a restart. Never shown (repr) and not part of equality.
+    key_hash: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -13,8 +13,12 @@ import hmac
 import secrets
 from collections.abc import Mapping
 
+from service.tenancy.principal import Principal
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 SECRET_BYTES = 32
+# Labels the HMAC that turns a key's stored hash into its webhook secret.
+_DERIVATION_LABEL = b"imagegen webhook signing secret v1"
 # A secret shorter than this is too easy to guess (Standard Webhooks allows 24 to 64 bytes).
 MIN_SECRET_BYTES = 24
 
@@ -51,11 +55,13 @@ def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) ->
 
 
 class WebhookSecrets:
-    """The signing secret of each principal, made on first use and held in memory only.
+    """The signing secret of each principal.
 
-    `preset` holds secrets the operator chose, by principal: with auth off, the one
-    principal's is IMAGEGEN_WEBHOOK_SECRET when set. A keys backend that must keep
-    secrets across restarts or replicas hands in its own object with `secret_for`.
+    `preset` holds secrets the operator chose, by principal id: with auth off, the one
+    principal's is IMAGEGEN_WEBHOOK_SECRET when set. An API key's secret is derived from
+    its stored hash (HMAC-SHA256 under a fixed label), so every replica signs with the
+    same secret, before and after a restart, with nothing more stored; revoking the key
+    retires it. Any other principal's is made on first use and held in memory only.
     """
 
     def __init__(self, preset: Mapping[str, str] | None = None) -> None:
@@ -63,8 +69,13 @@ class WebhookSecrets:
         for secret in self._secrets.values():
             secret_key(secret)
 
-    def secret_for(self, principal: str) -> str:
-        secret = self._secrets.get(principal)
-        if secret is None:
-            secret = self._secrets[principal] = new_secret()
+    def secret_for(self, principal: Principal) -> str:
+        secret = self._secrets.get(principal.id)
+        if secret is not None:
+            return secret
+        if principal.key_hash is not None:
+            derived = hmac.new(bytes.fromhex(principal.key_hash), _DERIVATION_LABEL,
+                               hashlib.sha256).digest()
+            return SECRET_PREFIX + base64.b64encode(derived).decode()
+        secret = self._secrets[principal.id] = new_secret()
         return secret

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from service.tenancy.principal import Principal
 from service.webhooks.addresses import AddressPolicy
 from service.webhooks.delivery import Attempt, Delivery, WebhookDeliverer
 
@@ -28,7 +29,7 @@ MAX_KEPT_ATTEMPTS = 50
 
 
 class SecretSource(Protocol):
-    def secret_for(self, principal: str) -> str: ...
+    def secret_for(self, principal: Principal) -> str: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -66,7 +67,7 @@ class Webhooks:
         await self.deliverer.stop(drain_seconds)
 
     async def subscribe(self, kind: str, url: str, events: Iterable[str],
-                        principal: str) -> Subscription:
+                        principal: Principal) -> Subscription:
         """A subscription for `principal`'s job or batch; WebhookRefused for a URL not called."""
         wanted = frozenset(events)
         unknown = wanted.difference(EVENTS)
