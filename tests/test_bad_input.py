@@ -101,9 +101,15 @@ async def test_huge_body_is_413_without_reading_it_all() -> None:
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     missing = await client.get("/v1/nothing")
-    assert missing.status_code == 404 and "error" in missing.json()
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"message": "Not found.", "type": "invalid_request_error",
+                                        "param": None, "code": "not_found"}}
     wrong = await client.get("/v1/images/generations")
-    assert wrong.status_code == 405 and "error" in wrong.json()
+    assert wrong.status_code == 405
+    assert wrong.json() == {"error": {"message": "Method not allowed.",
+                                      "type": "invalid_request_error", "param": None,
+                                      "code": "method_not_allowed"}}
+    assert wrong.headers["allow"] == "POST"
 
 
 async def test_expired_or_unknown_image_is_404(client: httpx.AsyncClient) -> None:
