@@ -80,7 +80,11 @@ async def test_only_the_whole_token_as_a_bearer_is_admin(
     changed = await client.put("/admin/retention", headers={"Authorization": authorization},
                                json={"default_ttl_seconds": 5})
     assert (refused.status_code, changed.status_code) == (status, status)
-    assert refused.json()["error"]["code"] == ("forbidden" if status == 403 else "unauthorized")
+    error = refused.json()["error"]
+    assert (error["code"], error["type"]) == (
+        ("forbidden", "permission_error") if status == 403
+        else ("unauthorized", "authentication_error"))
+    assert isinstance(error["message"], str) and "token" in error["message"]
     policy = await client.get("/admin/retention",
                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert policy.json()["default_ttl_seconds"] != 5  # nothing changed
