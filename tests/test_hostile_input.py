@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from imagegen.adapters import AdapterChoice
 from service.bulk.state import BulkLine
@@ -214,3 +216,15 @@ async def test_a_sealed_batch_line_keeps_its_adapters() -> None:
                           loras=(AdapterChoice("pixel", 0.5),))
     line = BulkLine("a", gen)
     assert BulkLine.from_json(line.to_json()) == line
+
+
+@pytest.mark.parametrize("value", ["0", "1", "yes", "on", "True", ""])
+async def test_a_form_boolean_is_true_or_false_only(client: httpx.AsyncClient,
+                                                    value: str) -> None:
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), "white").save(image, format="PNG")
+    response = await client.post(
+        "/v1/images/edits", data={"prompt": PROMPT, "size": "32x32", "stream": value},
+        files={"image": ("image.png", image.getvalue(), "image/png")})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "stream"

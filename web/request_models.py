@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from imagegen.adapters import MAX_ADAPTERS_PER_REQUEST
 from store.retention import MAX_LIFETIME_SECONDS
@@ -127,6 +134,15 @@ class ImageEditForm(ImageGenerationRequest):
     mask: bytes | None = Field(None, description="The same size as image; repaints where it "
                                "is transparent (or, when opaque, white).")
     strength: Strength | None = None
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _form_boolean(cls, value: object) -> object:
+        """A form's values are text: a boolean is "true" or "false" (what httpx and the
+        openai client send), not the lax "0", "yes" or "on" that mean it only by habit."""
+        if isinstance(value, str) and value not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value
 
 
 class NativeFields(GenerationFields):
