@@ -392,6 +392,8 @@ def test_the_load_balancer_spreads_requests_keeps_jobs_together_and_logs_no_url(
     # A job lives on the replica that took it; the client's polls all reach that one.
     assert job.status_code == 202
     assert polled == [200] * 4
+    # nginx writes a request's log line after its response: the last may still be on its way.
+    wait_until(lambda: len(log_path.read_text().splitlines()) >= 10, 10, "nginx's log lines")
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line]
     assert len(lines) == 10
     assert {line["upstream"] for line in lines[1:5]} == {

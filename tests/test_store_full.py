@@ -9,8 +9,11 @@ import httpx
 from tests.helpers import make_settings, running_app
 
 GENERATIONS = "/v1/images/generations"
-FAST = {"prompt": "a red circle", "size": "32x32", "num_inference_steps": 2}
-NATIVE_FAST = {"prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 2}
+# One seed: every image is the same bytes, so once one does not fit, none does (with
+# random seeds a smaller PNG could still fit after a refusal).
+FAST = {"prompt": "a red circle", "size": "32x32", "num_inference_steps": 2, "seed": 7}
+NATIVE_FAST = {"prompt": "a red circle", "width": 32, "height": 32, "num_inference_steps": 2,
+               "seed": 7}
 
 
 def assert_store_full(response: httpx.Response) -> None:
