@@ -160,3 +160,15 @@ async def test_prompt_with_no_known_word_lists_vocabulary(client: httpx.AsyncCli
     assert error["param"] == "prompt"
     assert "red" in error["message"] and "circle" in error["message"]
     assert "zorblax" not in response.text
+
+
+async def test_webp_and_jpeg_default_to_output_compression_100(client: httpx.AsyncClient) -> None:
+    for output_format in ("webp", "jpeg"):
+        def image_of(response: httpx.Response) -> bytes:
+            assert response.status_code == 200, response.text
+            return base64.b64decode(response.json()["data"][0]["b64_json"])
+
+        same = {"seed": 3, "output_format": output_format, "response_format": "b64_json"}
+        default = image_of(await generate(client, **same))
+        assert default == image_of(await generate(client, **same, output_compression=100))
+        assert default != image_of(await generate(client, **same, output_compression=50))

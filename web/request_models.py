@@ -70,8 +70,8 @@ ModelName = Annotated[str, Field(max_length=200, description="A model of GET /v1
                                   "the default model when absent.")]
 OutputFormat = Literal["png", "webp", "jpeg"]
 OutputCompression = Annotated[int, Field(ge=0, le=100, description="WebP and JPEG quality "
-                                         "(as OpenAI's output_compression); the encoder's "
-                                         "default (90) when absent."), WHOLE_NUMBER]
+                                         "(as OpenAI's output_compression); 100 when "
+                                         "absent."), WHOLE_NUMBER]
 WebhookEvent = Literal["started", "progress", "completed"]
 MAX_WEBHOOK_URL_CHARS = 2048
 
