@@ -218,13 +218,18 @@ async def test_a_sealed_batch_line_keeps_its_adapters() -> None:
     assert BulkLine.from_json(line.to_json()) == line
 
 
-@pytest.mark.parametrize("value", ["0", "1", "yes", "on", "True", ""])
-async def test_a_form_boolean_is_true_or_false_only(client: httpx.AsyncClient,
-                                                    value: str) -> None:
+FORM_CASES = [("stream", value) for value in ["0", "1", "yes", "on", "True", ""]] + [
+    ("loras", value) for value in ["null", "{}", '"pixel"', "1", ""]]
+
+
+@pytest.mark.parametrize(("name", "value"), FORM_CASES)
+async def test_form_fields_take_only_what_the_document_says(client: httpx.AsyncClient,
+                                                           name: str, value: str) -> None:
+    """A form's booleans are "true" or "false"; its `loras` is a JSON list, never null."""
     image = io.BytesIO()
     Image.new("RGB", (32, 32), "white").save(image, format="PNG")
     response = await client.post(
-        "/v1/images/edits", data={"prompt": PROMPT, "size": "32x32", "stream": value},
+        "/v1/images/edits", data={"prompt": PROMPT, "size": "32x32", name: value},
         files={"image": ("image.png", image.getvalue(), "image/png")})
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "stream"
+    assert response.json()["error"]["param"] == name

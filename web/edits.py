@@ -48,10 +48,13 @@ def form_loras(fields: dict[str, str]) -> Any:
     if text is None:
         return None
     try:
-        return strict_json.parse(text.encode())
+        loras = strict_json.parse(text.encode())
     except strict_json.JsonSyntaxError:
-        raise bad_request("'loras' must be a JSON list of {\"name\", \"scale\"}.",
-                          "loras") from None
+        loras = None
+    # A form field is present or absent, never null: sent, it must be the list.
+    if not isinstance(loras, list):
+        raise bad_request("'loras' must be a JSON list of {\"name\", \"scale\"}.", "loras")
+    return loras
 
 
 async def create_edit(request: Request) -> Response:
