@@ -174,6 +174,8 @@ def test_queue_full_says_so(page: playwright_sync.Page, server: LiveServer,
         for steps in range(2, 2 + QUEUE_SIZE + 1):  # one runs, the rest fill the queue
             assert client.post("/v1/jobs", json={**body, "num_inference_steps": steps}
                                ).status_code == 202
+            # The first leaves the queue only when the device takes it: wait for that.
+            wait_until(lambda: len(gate.calls) == 1, "the first job to reach the device")
         page.get_by_role("button", name="Generate", exact=True).click()
         status = page.locator("#status")
         page.wait_for_function("() => document.getElementById('status').textContent"
