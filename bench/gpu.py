@@ -13,7 +13,8 @@ process, the stable-diffusion pipeline family, the queue, dynamic batching,
 PNG encoding and the store. Raw is the same directory loaded in this process
 and called in a warm loop. Latency at batch 1 is measured alternately (one
 sequential client); throughput at the best raw batch size B is the service
-with B concurrent one-image clients against raw calls of B images.
+with B concurrent one-image clients against raw calls of B images, and again
+with 2B clients, which keep a full batch waiting whenever the device frees.
 
 With --compile the raw pipeline is measured eager first, then compiled (the
 models.toml speed settings: regional torch.compile, batch buckets = --batches,
@@ -149,6 +150,11 @@ def bench_architecture(architecture: str, args: argparse.Namespace, workdir: Pat
         totals = batch_totals(url)
         service = closed_loop(url, body, best, best * args.rounds)
         served = batch_totals(url) - totals
+        # B closed-loop clients leave the device idle while results travel back and the
+        # next requests arrive; 2B keep a full batch waiting: the service's own overhead.
+        totals = batch_totals(url)
+        saturated = closed_loop(url, body, 2 * best, 2 * best * args.rounds)
+        saturated_served = batch_totals(url) - totals
         service_recompiles = recompiles_of(url)
     device = pipeline.device.type
     mode = "compiled" if args.compile else "eager"
@@ -164,6 +170,9 @@ def bench_architecture(architecture: str, args: argparse.Namespace, workdir: Pat
     print(f"  service / raw best (batch {best})  "
           f"{service.images_per_second / raw.images_per_second[best]:.3f}   "
           f"service / raw batch 1  {service.images_per_second / raw.images_per_second[1]:.3f}")
+    print(f"  service, {2 * best} clients {saturated.images_per_second:8.3f} images/s "
+          f"(mean batch {saturated_served.mean_batch:.2f}), service / raw best "
+          f"{saturated.images_per_second / raw.images_per_second[best]:.3f}")
     if eager is not None:
         print(f"  eager: batch 1 latency {median(eager.latency) * 1000:9.1f} ms, best "
               f"{eager.images_per_second[eager.best]:.3f} images/s (batch {eager.best})")
