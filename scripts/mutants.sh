@@ -48,7 +48,7 @@ done
 
 rm -rf "$work"; mkdir -p "$work"
 git archive HEAD | tar -x -C "$work"
-packages=(); for p in imagegen service store web; do [ -d "$work/$p" ] && packages+=("$p"); done
+packages=(); for p in imagegen service store web bench; do [ -d "$work/$p" ] && packages+=("$p"); done
 existing_tests=(); for t in "${tests[@]}"; do [ -e "$work/$t" ] && existing_tests+=("$t"); done
 {
   echo "[mutmut]"
