@@ -8,6 +8,7 @@
 #   bash scripts/mutants.sh auth          # admin auth and the error table only (quicker)
 #   bash scripts/mutants.sh store web     # both
 #   MUTANTS_SECONDS=3600 MUTANTS_JOBS=2 bash scripts/mutants.sh web
+#   MUTANTS_ONLY="store.retention.* store.catalog.*" bash scripts/mutants.sh store   # some modules
 #
 # Runs on a scratch copy of the committed tree (HEAD), so a working tree and
 # other people's runs are left alone; prints the score and every survivor, and
@@ -64,7 +65,9 @@ existing_tests=(); for t in "${tests[@]}"; do [ -e "$work/$t" ] && existing_test
 cd "$work"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 status=0
-timeout "$seconds" nice -n 10 "$repo/.venv/bin/mutmut" run --max-children "$jobs" \
+# MUTANTS_ONLY: mutant name patterns (module.function*), to test some modules first or alone.
+read -r -a only <<<"${MUTANTS_ONLY:-}"
+timeout "$seconds" nice -n 10 "$repo/.venv/bin/mutmut" run --max-children "$jobs" "${only[@]}" \
   >mutmut.log 2>&1 || status=$?
 [ $status -eq 124 ] && echo "stopped at the ${seconds} s bound: the counts below are partial"
 "$repo/.venv/bin/mutmut" export-cicd-stats >/dev/null 2>&1 || true
