@@ -5,6 +5,7 @@
 #
 #   bash scripts/mutants.sh               # store/ (backends, sealing, retention, sweeper)
 #   bash scripts/mutants.sh web           # request log, error table, admin auth, input parsing
+#   bash scripts/mutants.sh bulk          # batches: encryption at rest, retention
 #   bash scripts/mutants.sh auth          # admin auth and the error table only (quicker)
 #   bash scripts/mutants.sh store web     # both
 #   MUTANTS_SECONDS=3600 MUTANTS_JOBS=2 bash scripts/mutants.sh web
@@ -40,10 +41,13 @@ for set in "${sets[@]}"; do
               tests/privacy/test_job_logs.py tests/test_hostile_input.py
               tests/privacy/test_adapter_uploads.py tests/test_retention_api.py
               tests/test_model_manager.py) ;;
+    bulk)  # batches: sealed at rest, dropped at their retention, lines capped by it
+      modules+=(service/bulk/*.py)
+      tests+=(tests/test_batches.py tests/test_service_runners.py tests/test_privacy.py) ;;
     auth)  # the fast part of web: admin auth and the error table
       modules+=(web/admin.py web/errors.py)
       tests+=(tests/test_admin_auth.py tests/test_store_full.py tests/test_bad_input.py) ;;
-    *) echo "unknown set: $set (store, web, auth)" >&2; exit 2 ;;
+    *) echo "unknown set: $set (store, web, bulk, auth)" >&2; exit 2 ;;
   esac
 done
 
