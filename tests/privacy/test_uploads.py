@@ -232,3 +232,114 @@ def test_the_parser_answers_any_mangled_form_with_parts_or_an_api_error() -> Non
             fields_and_files(parse_multipart(bytes(mangled), CONTENT_TYPE, Limits(), KNOWN), KNOWN)
         except ApiError as refused:
             assert refused.status in (400, 413)
+
+
+# -- each refusal's exact error ---------------------------------------------------------------
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def refusal(message: str, param: str | None, code: str) -> dict[str, Any]:
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+
+
+MAX_PIXELS = 4096 * 4096  # docs/privacy.md: an input of at most 16 megapixels
+TOO_MANY_PIXELS = f"has more than {MAX_PIXELS} pixels."
+NOT_AN_IMAGE = "must be a PNG, JPEG or WebP image."
+GIF = encode(solid((10, 20, 30)), "GIF")
+
+
+@pytest.mark.parametrize(("files", "status", "error"), [
+    ({"image": GIF}, 415, refusal(f"'image' {NOT_AN_IMAGE}", "image", "unsupported_media_type")),
+    ({"image": PNG, "mask": GIF}, 415,
+     refusal(f"'mask' {NOT_AN_IMAGE}", "mask", "unsupported_media_type")),
+    ({"image": b""}, 400, refusal("'image' is empty.", "image", "invalid_value")),
+    ({"image": PNG, "mask": b""}, 400, refusal("'mask' is empty.", "mask", "invalid_value")),
+    ({"image": BROKEN_IMAGES["truncated"]}, 400,
+     refusal("'image' could not be decoded.", "image", "invalid_value")),
+    # 25 megapixels: refused by this service's own check, from the header.
+    ({"image": png_bomb(5000, 5000, rows=1)}, 413,
+     refusal(f"'image' {TOO_MANY_PIXELS}", "image", "image_too_large")),
+    # 400 megapixels: Pillow's own bomb check fires first; the answer is the same.
+    ({"image": PNG, "mask": png_bomb(20000, 20000, rows=1)}, 413,
+     refusal(f"'mask' {TOO_MANY_PIXELS}", "mask", "image_too_large")),
+], ids=["gif", "gif-mask", "empty", "empty-mask", "truncated", "25-megapixel",
+        "400-megapixel-mask"])
+async def test_each_refused_upload_has_its_exact_error(client: httpx.AsyncClient,
+                                                       files: dict[str, bytes], status: int,
+                                                       error: dict[str, Any]) -> None:
+    assert error_of(await edit(client, **files), status) == error
+
+
+@pytest.mark.parametrize(("size", "status"), [((4096, 4096), 200), ((4097, 4096), 413),
+                                              ((4096, 4097), 413)])
+async def test_the_pixel_cap_is_exact(client: httpx.AsyncClient, size: tuple[int, int],
+                                      status: int) -> None:
+    """16 megapixels are accepted (and decoded); one row or column more is refused."""
+    response = await edit(client, image=png_bomb(*size))
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        assert error_of(response, 413) == refusal(f"'image' {TOO_MANY_PIXELS}", "image",
+                                                  "image_too_large")
+
+
+async def test_a_mask_of_another_size_names_the_image_size(client: httpx.AsyncClient) -> None:
+    wide = encode(solid((10, 20, 30), (32, 16)), "PNG")
+    mask = encode(solid((255,), (16, 32), "L"), "PNG")
+    assert error_of(await edit(client, image=wide, mask=mask), 400) == refusal(
+        "'mask' must have the same size as the image (32x16).", "mask", "invalid_value")
+
+
+def with_junk_inside(text: str, junk: str) -> str:
+    return text[:40] + junk + text[40:]
+
+
+@pytest.mark.parametrize(("fields", "status", "error"), [
+    ({"mask_image": b64(PNG)}, 400,
+     refusal("'mask_image' needs an 'init_image'.", "mask_image", "invalid_value")),
+    ({"init_image": f"data:image/png,{b64(PNG)}"}, 400,
+     refusal("'init_image' must be a base64 data URL.", "init_image", "invalid_value")),
+    ({"init_image": "data:image/png;base64"}, 400,  # no comma: no data at all
+     refusal("'init_image' must be a base64 data URL.", "init_image", "invalid_value")),
+    ({"init_image": f"data:image/gif;base64,{b64(GIF)}"}, 415,
+     refusal(f"'init_image' {NOT_AN_IMAGE}", "init_image", "unsupported_media_type")),
+    # What follows the first comma is the data (RFC 2397): a second comma is in the data.
+    ({"init_image": f"data:image/png;base64,{b64(PNG)},{b64(PNG)}"}, 400,
+     refusal("'init_image' is not valid base64.", "init_image", "invalid_value")),
+    # One character outside the alphabet is refused, not skipped (skipping it would
+    # leave the valid PNG).
+    ({"init_image": with_junk_inside(b64(PNG), "!")}, 400,
+     refusal("'init_image' is not valid base64.", "init_image", "invalid_value")),
+    ({"init_image": b64(PNG), "mask_image": with_junk_inside(b64(PNG), "*")}, 400,
+     refusal("'mask_image' is not valid base64.", "mask_image", "invalid_value")),
+    ({"init_image": b64(GIF)}, 415,
+     refusal(f"'init_image' {NOT_AN_IMAGE}", "init_image", "unsupported_media_type")),
+    ({"init_image": b64(png_bomb(5000, 5000, rows=1))}, 413,
+     refusal(f"'init_image' {TOO_MANY_PIXELS}", "init_image", "image_too_large")),
+], ids=["mask-alone", "data-url-not-base64", "data-url-no-comma", "data-url-gif",
+        "data-url-two-commas", "junk-in-base64", "junk-in-mask-base64", "gif", "25-megapixel"])
+async def test_each_refused_native_image_has_its_exact_error(
+        client: httpx.AsyncClient, fields: dict[str, str], status: int,
+        error: dict[str, Any]) -> None:
+    response = await client.post(NATIVE, json={**NATIVE_BODY, **fields})
+    assert error_of(response, status) == error
+
+
+async def test_an_uploaded_adapter_in_base64_is_capped_at_exactly_its_bytes() -> None:
+    """The base64 of exactly the cap is read (and then judged as an adapter); one character
+    more is refused from its length, before decoding (valid base64 or not)."""
+    cap = 3000  # a multiple of 3: base64 of the cap has no padding
+    exact = b64(b"\0" * cap)
+    too_large = refusal(f"'data' is larger than {cap} bytes.", "data", "body_too_large")
+    async with running_app(make_settings(max_lora_bytes=cap)) as client:
+        read = await client.post("/v1/loras", json={"data": exact})
+        assert error_of(read, 400) == refusal("The adapter is not a readable safetensors file.",
+                                              "data", "invalid_value")
+        for longer in (exact + "A", exact + "AAAA", b64(b"\0" * (cap + 1))):
+            response = await client.post("/v1/loras", json={"data": longer})
+            assert error_of(response, 413) == too_large
