@@ -40,7 +40,9 @@ async def test_one_line_with_metadata(client: httpx.AsyncClient,
         "level": "info", "logger": "imagegen.request", "event": "request", "method": "POST"}
     # Seconds since the epoch to the millisecond, as the record was made.
     assert abs(generation["time"] - records[-2].created) <= 0.0005
+    # One id for the request: its header, its line, and the body the generation path made.
     assert generation["request_id"] == response.headers["x-request-id"]
+    assert response.json()["request_id"] == response.headers["x-request-id"]
     assert generation["route"] == "/v1/images/generations" and generation["status"] == 200
     # Milliseconds, from the request's arrival to its answer: at least the device time in it,
     # at most what the client waited (both sides rounded).
