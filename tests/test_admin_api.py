@@ -82,11 +82,13 @@ async def test_a_retention_change_answers_the_policy_and_is_one_audit_line(
 
         [line] = audit_lines(caplog)
         old = {key: value for key, value in before.items() if key != "apply_to_existing"}
-        assert line["logger"] == "imagegen.audit" and line["level"] == "info"
-        who, _, values = line["event"].partition(": ")
+        assert {key: line[key] for key in ("level", "logger", "actor")} == {
+            "level": "info", "logger": "imagegen.audit", "actor": ACTOR}
+        who, _, values = line.pop("event").partition(": ")
         assert who == f"retention changed by {ACTOR}"
         old_text, _, new_text = values.removeprefix("old=").partition(" new=")
         assert (json.loads(old_text), json.loads(new_text)) == (old, new)
+        assert set(line) == {"level", "logger", "actor"}  # and nothing else
 
         kept = await client.put("/admin/retention", headers=ADMIN,
                                 json={"default_ttl_seconds": 20})
