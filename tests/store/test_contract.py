@@ -111,6 +111,22 @@ async def test_a_sweep_removes_more_than_fits_in_one_pass(
     assert await store.get(kept) is not None
 
 
+async def test_a_deleted_artifact_does_not_hold_up_the_sweep_of_later_ones(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    """Deleted first-to-expire artifacts leave stale index entries; the sweep passes them."""
+    store = make_store()
+    deleted = [(await store.put(b"d", PNG, ttl))[0] for ttl in (5, 6)]
+    _, later = await store.put(b"later", PNG, 10)
+    for token in deleted:
+        assert await store.delete(token) is True
+
+    clock.tick(10)
+    assert ids(await store.sweep()) == [later.id]
+    stats = await store.stats()
+    assert (stats.count, stats.bytes, stats.swept_total) == (0, 0, 1)
+
+
 async def test_delete_removes_at_once(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
     token, _ = await store.put(b"x", PNG, 10)

@@ -51,9 +51,11 @@ def test_a_non_positive_budget_is_refused(tmp_path: Path) -> None:
         create_store("memory", max_bytes=0)
 
 
-def test_retention_is_shared_only_with_a_redis_url() -> None:
+async def test_retention_is_shared_only_with_a_redis_url() -> None:
     policy = RetentionPolicy(default_ttl_seconds=60, max_ttl_seconds=60)
     own = create_retention_holder(policy)
     shared = create_retention_holder(policy, redis_url="redis://127.0.0.1:1/0")
     assert isinstance(own, MemoryRetentionHolder) and isinstance(shared, RedisRetentionHolder)
     assert own.current == shared.current == policy  # each starts from the given policy
+    for holder in (own, shared):
+        await holder.stop()  # a holder never started stops cleanly (a failed start-up)
