@@ -40,11 +40,11 @@ for set in "${sets[@]}"; do
               tests/privacy/test_job_logs.py tests/test_hostile_input.py
               tests/privacy/test_adapter_uploads.py tests/test_retention_api.py
               tests/test_model_manager.py tests/test_metrics.py tests/test_slow_clients.py
-              tests/test_admin_api.py) ;;
+              tests/test_admin_api.py tests/test_api_keys.py) ;;
     auth)  # the fast part of web: admin auth and the error table
       modules+=(web/admin.py web/errors.py)
       tests+=(tests/test_admin_auth.py tests/test_admin_api.py tests/test_store_full.py
-              tests/test_bad_input.py) ;;
+              tests/test_bad_input.py tests/test_api_keys.py) ;;
     *) echo "unknown set: $set (store, web, auth)" >&2; exit 2 ;;
   esac
 done
