@@ -168,6 +168,22 @@ async def test_concurrent_puts_honour_each_others_reservations(make_store: MakeS
         await store.put(b"d", PNG, 60)
 
 
+async def test_reservations_add_up_while_puts_are_in_flight(make_store: MakeStore) -> None:
+    """Three puts at once into 1000 bytes: 300 + 300 + 500 cannot all be held."""
+    store = make_store(max_bytes=1000)
+
+    results = await asyncio.gather(
+        *(store.put(bytes(size), PNG, 60) for size in (300, 300, 500)), return_exceptions=True)
+
+    assert sorted(type(result).__name__ for result in results) == ["StoreFull", "tuple", "tuple"]
+    held = sum(result[1].size for result in results if isinstance(result, tuple))
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (2, held)
+    await store.put(bytes(1000 - held), PNG, 60)  # every reservation was settled exactly
+    with pytest.raises(StoreFull):
+        await store.put(b"d", PNG, 60)
+
+
 async def test_expired_artifacts_make_room(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store(max_bytes=1000)
     await store.put(b"a" * 600, PNG, 10)
