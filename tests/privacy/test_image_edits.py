@@ -196,3 +196,22 @@ def test_the_openai_client_edits_unchanged() -> None:
     b64 = result.data[0].b64_json
     assert b64 is not None
     assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (32, 32)
+
+
+def sixteen_bit(image: Image.Image) -> Image.Image:
+    """The same greyscale image at 16 bits per pixel (each value times 256)."""
+    return Image.fromarray(np.asarray(image, dtype=np.uint16) * 256)
+
+
+async def test_a_sixteen_bit_greyscale_png_reads_as_its_eight_bit_self(
+        client: httpx.AsyncClient) -> None:
+    """16-bit greyscale is scaled, not clipped: a 25% grey stays 25% grey (clipped, it would
+    turn white, washing out an init image and making a dark mask area repaint)."""
+    grey = noise("L")
+    assert Image.open(io.BytesIO(encode(sixteen_bit(grey), "PNG"))).mode.startswith("I")
+    assert np.array_equal(pixels(await edit(client, sixteen_bit(grey))),
+                          pixels(await edit(client, grey)))
+    init = noise()
+    white = pixels(await edit(client, init, left_half(255, 0)))
+    dark_right = sixteen_bit(left_half(255, 64))  # 25% grey on the right: kept
+    assert np.array_equal(pixels(await edit(client, init, dark_right)), white)
