@@ -215,3 +215,22 @@ async def test_a_sixteen_bit_greyscale_png_reads_as_its_eight_bit_self(
     white = pixels(await edit(client, init, left_half(255, 0)))
     dark_right = sixteen_bit(left_half(255, 64))  # 25% grey on the right: kept
     assert np.array_equal(pixels(await edit(client, init, dark_right)), white)
+
+
+def stored_sideways(image: Image.Image) -> bytes:
+    """The PNG a camera would write: pixels stored turned a quarter, EXIF orientation 6
+    ("turn 90 degrees clockwise to show")."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.transpose(Image.Transpose.ROTATE_90).save(buffer, "PNG", exif=exif)
+    return buffer.getvalue()
+
+
+async def test_both_images_are_turned_upright_by_their_exif(client: httpx.AsyncClient) -> None:
+    init = noise()
+    upright = pixels(await edit(client, init, left_half(255, 0)))
+    sideways = await client.post(EDITS, data=FIELDS, files={
+        "image": ("image.png", stored_sideways(init), "image/png"),
+        "mask": ("mask.png", stored_sideways(left_half(255, 0)), "image/png")})
+    assert np.array_equal(pixels(sideways), upright)
