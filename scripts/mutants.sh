@@ -44,7 +44,7 @@ for set in "${sets[@]}"; do
     auth)  # the fast part of web: admin auth and the error table
       modules+=(web/admin.py web/errors.py)
       tests+=(tests/test_admin_auth.py tests/test_admin_api.py tests/test_store_full.py
-              tests/test_bad_input.py tests/test_api_keys.py) ;;
+              tests/test_bad_input.py tests/test_api_keys.py tests/test_hostile_input.py) ;;
     *) echo "unknown set: $set (store, web, auth)" >&2; exit 2 ;;
   esac
 done
