@@ -76,11 +76,11 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) ->
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-    """A 16-bit greyscale PNG as 8-bit L: Pillow's own conversions clip it at 255 instead of
-    scaling (25% grey would become white)."""
+    """A 16-bit greyscale PNG as 8-bit L, 65535 -> 255: Pillow's own conversions clip it at
+    255 instead of scaling (25% grey would become white)."""
     if image.mode not in _SIXTEEN_BIT_GREY:
         return image
-    return image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    return image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
 
 
 def _too_many_pixels(field: str, max_pixels: int) -> ApiError:

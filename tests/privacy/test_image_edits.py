@@ -199,8 +199,8 @@ def test_the_openai_client_edits_unchanged() -> None:
 
 
 def sixteen_bit(image: Image.Image) -> Image.Image:
-    """The same greyscale image at 16 bits per pixel (each value times 256)."""
-    return Image.fromarray(np.asarray(image, dtype=np.uint16) * 256)
+    """The same greyscale image at 16 bits per pixel (each value times 257: 255 -> 65535)."""
+    return Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
 
 
 async def test_a_sixteen_bit_greyscale_png_reads_as_its_eight_bit_self(
