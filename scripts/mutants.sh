@@ -40,13 +40,15 @@ for set in "${sets[@]}"; do
               tests/privacy/test_form_limits.py tests/privacy/test_image_edits.py
               tests/privacy/test_job_logs.py tests/test_hostile_input.py
               tests/privacy/test_adapter_uploads.py tests/test_retention_api.py
-              tests/test_model_manager.py) ;;
+              tests/test_model_manager.py tests/test_metrics.py tests/test_slow_clients.py
+              tests/test_admin_api.py tests/test_api_keys.py) ;;
     bulk)  # batches: sealed at rest, dropped at their retention, lines capped by it
       modules+=(service/bulk/*.py)
       tests+=(tests/test_batches.py tests/test_service_runners.py tests/test_privacy.py) ;;
     auth)  # the fast part of web: admin auth and the error table
       modules+=(web/admin.py web/errors.py)
-      tests+=(tests/test_admin_auth.py tests/test_store_full.py tests/test_bad_input.py) ;;
+      tests+=(tests/test_admin_auth.py tests/test_admin_api.py tests/test_store_full.py
+              tests/test_bad_input.py tests/test_api_keys.py tests/test_hostile_input.py) ;;
     *) echo "unknown set: $set (store, web, bulk, auth)" >&2; exit 2 ;;
   esac
 done

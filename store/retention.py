@@ -169,7 +169,8 @@ def log_change(old: RetentionPolicy, new: RetentionPolicy, actor: str) -> None:
         actor,
         old.to_json(),
         new.to_json(),
-        extra={"event": "retention_changed", "actor": actor},
+        # "fields" is what the JSON log lines carry beside the message (as other audit lines).
+        extra={"fields": {"actor": actor}},
     )
 
 

@@ -505,7 +505,10 @@ async def test_a_job_holds_its_keys_concurrent_slot_until_it_ends(
 async def test_a_batch_line_for_a_model_out_of_scope_fails_alone(
     tmp_path: Path, priced_models: Path
 ) -> None:
-    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json", models=priced_models)
+    # A batch directory of its own: the default one is per port, shared with every app of a
+    # concurrent test run on this machine, whose start-up would remove this batch's files.
+    settings = make_settings(auth="keys", keys_file=tmp_path / "keys.json", models=priced_models,
+                             batch_dir=tmp_path / "batches")
     async with running_app(settings) as client:
         headers = bearer((await create_key(client, models=["pricey"]))["key"])
         lines = [{"custom_id": "in", "body": {"prompt": "a red circle", "model": "pricey"}},

@@ -112,6 +112,33 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert wrong.headers["allow"] == "POST"
 
 
+async def test_a_method_static_files_refuse_names_what_they_take(
+        client: httpx.AsyncClient) -> None:
+    refused = await client.post("/static/demo.css")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD"
+    assert refused.json()["error"]["code"] == "method_not_allowed"
+    assert (await client.head("/static/demo.css")).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "message", "code"), [
+    ("GET", "/v1/jobs/job_nope", "The job does not exist or has expired.", "job_not_found"),
+    ("DELETE", "/v1/jobs/job_nope", "The job does not exist or has expired.", "job_not_found"),
+    ("GET", "/v1/batches/batch_nope", "This batch does not exist or its retention has ended.",
+     "batch_not_found"),
+    ("DELETE", "/v1/loras/nope", "The adapter does not exist or has expired.",
+     "lora_not_found"),
+])
+async def test_domain_errors_answer_their_whole_error_object(
+        client: httpx.AsyncClient, method: str, path: str, message: str, code: str) -> None:
+    # Raised by the service as domain errors; the error table gives the status and type,
+    # the error itself its message and code.
+    response = await client.request(method, path)
+    assert response.status_code == 404
+    assert response.json() == {"error": {"message": message, "type": "invalid_request_error",
+                                         "param": None, "code": code}}
+
+
 async def test_expired_or_unknown_image_is_404(client: httpx.AsyncClient) -> None:
     assert (await client.get("/i/notatoken.png")).status_code == 404
     assert (await client.get("/i/notatoken.gif")).status_code == 404

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 
 import httpx
 
 from tests.helpers import ADMIN_TOKEN, FakeClock, make_settings, running_app
+from web.request_log import JsonLineFormatter
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FAST = {"prompt": "a red circle", "size": "32x32", "num_inference_steps": 2}
@@ -100,7 +103,9 @@ async def test_retention_rejects_default_above_max() -> None:
         response = await client.put("/admin/retention", headers=ADMIN,
                                     json={"default_ttl_seconds": 500})
         assert response.status_code == 400
-        assert "default_ttl_seconds" in response.json()["error"]["message"]
+        assert response.json()["error"]["param"] == "default_ttl_seconds"
+        assert response.json()["error"]["message"] == (
+            "default_ttl_seconds (500) must not exceed max_ttl_seconds (120)")
         current = await client.get("/admin/retention", headers=ADMIN)
         assert current.json()["default_ttl_seconds"] == 60  # unchanged
 
@@ -119,3 +124,42 @@ async def test_apscheduler_sweeper_deletes_within_its_interval() -> None:
         # Physically removed by the scheduled sweep (its lag is measured on a fake clock in
         # tests/store/test_sweeper.py: a real-clock bound here would only measure the machine).
         assert services.sweeper.swept_total == 1
+
+
+class AuditLines(logging.Handler):
+    """The audit log as the service writes it: JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonLineFormatter())
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_a_retention_change_is_one_audit_line_with_who_old_and_new() -> None:
+    audit = AuditLines()
+    logger = logging.getLogger("imagegen.audit")
+    logger.addHandler(audit)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the service's default level
+    try:
+        async with running_app(make_settings(ttl=60, max_ttl=120)) as client:
+            response = await client.put("/admin/retention", headers=ADMIN,
+                                        json={"default_ttl_seconds": 30})
+            assert response.status_code == 200
+            refused = await client.put("/admin/retention", headers=ADMIN,
+                                       json={"default_ttl_seconds": 500})
+            assert refused.status_code == 400
+    finally:
+        logger.removeHandler(audit)
+        logger.setLevel(level)
+
+    [line] = audit.lines  # the refused change is not audited
+    assert line["logger"] == "imagegen.audit" and line["level"] == "info"
+    actor = line["actor"]
+    assert isinstance(actor, str) and actor.startswith("admin")
+    old, new = str(line["event"]).removeprefix(f"retention changed by {actor}: old=").split(" new=")
+    assert (json.loads(old)["default_ttl_seconds"], json.loads(new)["default_ttl_seconds"]) == (
+        60, 30)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.helpers import LiveServer, live_server, make_settings
+from web.request_log import JsonLineFormatter
 
 CLIENT_TIMEOUT = 1.0
 READ_LIMIT = 15.0  # seconds a test waits for the server before failing
@@ -152,3 +153,15 @@ def test_client_leaving_mid_upload_is_an_info_line(server: LiveServer,
     assert disconnects and all(r.levelno == logging.INFO for r in disconnects)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "a red" not in json.dumps([r.getMessage() for r in caplog.records])
+    # The request's own line follows, with nginx's 499 (client closed request), and both
+    # lines carry the request's id.
+    while time.monotonic() < deadline and not any(
+            r.getMessage() == "request" for r in caplog.records):
+        time.sleep(0.05)
+    lines = [json.loads(JsonLineFormatter().format(r)) for r in caplog.records
+             if r.name == "imagegen.request"]
+    left, request = lines[-2:]
+    assert (left["event"], left["level"]) == ("client disconnected", "info")
+    assert (request["route"], request["status"]) == ("/v1/jobs", 499)
+    assert left["request_id"] == request["request_id"]
+    assert str(request["request_id"]).startswith("req_")

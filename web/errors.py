@@ -129,7 +129,9 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status_code, "Error.")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        headers["Allow"] = allowed_methods(request)
+        # The router names only the first matching route's methods; an app mounted under
+        # a path (the static files) names its own, and no route of ours matches there.
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     return error_response(ApiError(exc.status_code, message, code=code, headers=headers))
 
 

@@ -28,6 +28,8 @@ ALLOWED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 MAX_INPUT_PIXELS = 4096 * 4096
 # An alpha below this is "transparent": the pixel is repainted.
 _TRANSPARENT_BELOW = 128
+# How Pillow opens a 16-bit greyscale PNG (the mode's name depends on the version).
+_SIXTEEN_BIT_GREY = ("I", "I;16", "I;16B", "I;16L")
 
 # Pillow logs EXIF tag values at DEBUG (names, places, captions of an uploaded photo):
 # pinned above DEBUG so that an operator's debug logging never prints them.
@@ -60,7 +62,7 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) ->
         if width * height > max_pixels:
             raise _too_many_pixels(field, max_pixels)
         image.load()
-        return ImageOps.exif_transpose(image)
+        return _eight_bit(ImageOps.exif_transpose(image))
     except ApiError:
         raise
     except UnidentifiedImageError:
@@ -71,6 +73,14 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_INPUT_PIXELS) ->
         # Any other decoder fault on client bytes (truncated, corrupt, a text-chunk bomb)
         # is the client's 400, never a 500.
         raise bad_request(f"'{field}' could not be decoded.", field) from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale PNG as 8-bit L, 65535 -> 255: Pillow's own conversions clip it at
+    255 instead of scaling (25% grey would become white)."""
+    if image.mode not in _SIXTEEN_BIT_GREY:
+        return image
+    return image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
 
 
 def _too_many_pixels(field: str, max_pixels: int) -> ApiError:

@@ -104,9 +104,12 @@ class FormParser:
         if self._preamble is not None:
             self._preamble += chunk
             start = self._preamble.find(self._delimiter)
+            # The preamble is what precedes the delimiter; while it is not found, the last
+            # bytes may be its beginning. Capped so, the limit does not depend on the chunks.
+            preamble = start if start >= 0 else len(self._preamble) - len(self._delimiter) + 1
+            if preamble > self.limits.max_header_bytes:
+                raise malformed("the boundary never occurs")
             if start < 0:
-                if len(self._preamble) > self.limits.max_header_bytes:
-                    raise malformed("the boundary never occurs")
                 return
             chunk, self._preamble = bytes(self._preamble[start:]), None
         try:

@@ -95,7 +95,10 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs each sweep at INFO; httpx logs every URL it calls at INFO (and
+    # httpcore each connection at DEBUG): webhook URLs are their subscribers' secrets.
+    for name in ("apscheduler", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def request_done(scope: Scope, request_id: str, route: str, status: int, started: float) -> None:

@@ -82,6 +82,64 @@ async def test_transparency_marks_the_area_to_repaint_like_a_white_mask(
     assert np.array_equal(white, own_alpha)
 
 
+def palette_transparent_left() -> Image.Image:
+    """A palette mask (PNG's tRNS chunk): entry 0, on the left, is transparent; both are black."""
+    mask = Image.new("P", (32, 32), 1)
+    mask.putpalette([0, 0, 0, 0, 0, 0])
+    mask.paste(0, (0, 0, 16, 32))
+    mask.info["transparency"] = 0
+    return mask
+
+
+def colour_key_transparent_left() -> Image.Image:
+    """An RGB mask with no alpha channel: tRNS makes one colour, on the left, transparent."""
+    mask = Image.new("RGB", (32, 32), (0, 0, 0))
+    mask.paste((1, 2, 3), (0, 0, 16, 32))
+    mask.info["transparency"] = (1, 2, 3)
+    return mask
+
+
+def alpha_left(left: int, right: int) -> Image.Image:
+    """A black mask whose left half has alpha `left` and right half alpha `right`."""
+    mask = Image.new("LA", (32, 32), (0, right))
+    mask.paste((0, left), (0, 0, 16, 32))
+    return mask
+
+
+async def test_transparency_without_an_alpha_channel_and_at_the_threshold(
+        client: httpx.AsyncClient) -> None:
+    """A tRNS chunk (palette or colour key) marks the area too; alpha below 128 repaints,
+    128 and above keeps."""
+    init = noise()
+    white = pixels(await edit(client, init, left_half(255, 0)))
+    for mask in (palette_transparent_left(), colour_key_transparent_left(), alpha_left(127, 128)):
+        decoded = Image.open(io.BytesIO(encode(mask, "PNG")))
+        assert decoded.mode == mask.mode  # the PNG kept the mask's kind of transparency
+        assert np.array_equal(pixels(await edit(client, init, mask)), white), mask.mode
+
+
+async def test_an_opaque_alpha_channel_is_not_a_mask(client: httpx.AsyncClient) -> None:
+    """An image with an alpha channel but no transparent pixel is image-to-image, like the
+    same image without the channel (not an inpainting that keeps everything)."""
+    init = noise()
+    plain = pixels(await edit(client, init))
+    opaque = pixels(await edit(client, init.convert("RGBA")))
+    assert np.array_equal(plain, opaque)
+    assert np.abs(plain - np.asarray(init, dtype=np.int16)).mean() > 20  # repainted
+
+
+async def test_the_transparent_area_is_the_same_at_a_larger_output_size(
+        client: httpx.AsyncClient) -> None:
+    """Resized to 64x64, the image's own transparent pixels still give what the white mask
+    gives: the colours under them are the image's, not darkened by the alpha."""
+    init = noise()
+    white = pixels(await edit(client, init, left_half(255, 0), size="64x64"))
+    with_alpha = init.convert("RGBA")
+    with_alpha.putalpha(left_half(0, 255))
+    own_alpha = pixels(await edit(client, with_alpha, size="64x64"))
+    assert np.array_equal(white, own_alpha)
+
+
 async def test_both_apis_agree_and_the_init_image_and_strength_matter(
         client: httpx.AsyncClient) -> None:
     init = encode(noise(), "PNG")
@@ -138,3 +196,41 @@ def test_the_openai_client_edits_unchanged() -> None:
     b64 = result.data[0].b64_json
     assert b64 is not None
     assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (32, 32)
+
+
+def sixteen_bit(image: Image.Image) -> Image.Image:
+    """The same greyscale image at 16 bits per pixel (each value times 257: 255 -> 65535)."""
+    return Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
+
+
+async def test_a_sixteen_bit_greyscale_png_reads_as_its_eight_bit_self(
+        client: httpx.AsyncClient) -> None:
+    """16-bit greyscale is scaled, not clipped: a 25% grey stays 25% grey (clipped, it would
+    turn white, washing out an init image and making a dark mask area repaint)."""
+    grey = noise("L")
+    assert Image.open(io.BytesIO(encode(sixteen_bit(grey), "PNG"))).mode.startswith("I")
+    assert np.array_equal(pixels(await edit(client, sixteen_bit(grey))),
+                          pixels(await edit(client, grey)))
+    init = noise()
+    white = pixels(await edit(client, init, left_half(255, 0)))
+    dark_right = sixteen_bit(left_half(255, 64))  # 25% grey on the right: kept
+    assert np.array_equal(pixels(await edit(client, init, dark_right)), white)
+
+
+def stored_sideways(image: Image.Image) -> bytes:
+    """The PNG a camera would write: pixels stored turned a quarter, EXIF orientation 6
+    ("turn 90 degrees clockwise to show")."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.transpose(Image.Transpose.ROTATE_90).save(buffer, "PNG", exif=exif)
+    return buffer.getvalue()
+
+
+async def test_both_images_are_turned_upright_by_their_exif(client: httpx.AsyncClient) -> None:
+    init = noise()
+    upright = pixels(await edit(client, init, left_half(255, 0)))
+    sideways = await client.post(EDITS, data=FIELDS, files={
+        "image": ("image.png", stored_sideways(init), "image/png"),
+        "mask": ("mask.png", stored_sideways(left_half(255, 0)), "image/png")})
+    assert np.array_equal(pixels(sideways), upright)

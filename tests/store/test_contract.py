@@ -111,6 +111,22 @@ async def test_a_sweep_removes_more_than_fits_in_one_pass(
     assert await store.get(kept) is not None
 
 
+async def test_a_deleted_artifact_does_not_hold_up_the_sweep_of_later_ones(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    """Deleted first-to-expire artifacts leave stale index entries; the sweep passes them."""
+    store = make_store()
+    deleted = [(await store.put(b"d", PNG, ttl))[0] for ttl in (5, 6)]
+    _, later = await store.put(b"later", PNG, 10)
+    for token in deleted:
+        assert await store.delete(token) is True
+
+    clock.tick(10)
+    assert ids(await store.sweep()) == [later.id]
+    stats = await store.stats()
+    assert (stats.count, stats.bytes, stats.swept_total) == (0, 0, 1)
+
+
 async def test_delete_removes_at_once(make_store: MakeStore, clock: FakeClock) -> None:
     store = make_store()
     token, _ = await store.put(b"x", PNG, 10)
@@ -148,6 +164,22 @@ async def test_concurrent_puts_honour_each_others_reservations(make_store: MakeS
     stats = await store.stats()
     assert (stats.count, stats.bytes) == (1, 600)
     await store.put(b"c" * 400, PNG, 60)  # the failed put's reservation was given back
+    with pytest.raises(StoreFull):
+        await store.put(b"d", PNG, 60)
+
+
+async def test_reservations_add_up_while_puts_are_in_flight(make_store: MakeStore) -> None:
+    """Three puts at once into 1000 bytes: 300 + 300 + 500 cannot all be held."""
+    store = make_store(max_bytes=1000)
+
+    results = await asyncio.gather(
+        *(store.put(bytes(size), PNG, 60) for size in (300, 300, 500)), return_exceptions=True)
+
+    assert sorted(type(result).__name__ for result in results) == ["StoreFull", "tuple", "tuple"]
+    held = sum(result[1].size for result in results if isinstance(result, tuple))
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (2, held)
+    await store.put(bytes(1000 - held), PNG, 60)  # every reservation was settled exactly
     with pytest.raises(StoreFull):
         await store.put(b"d", PNG, 60)
 

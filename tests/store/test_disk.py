@@ -232,3 +232,5 @@ async def test_close_removes_every_file(store: DiskStore, directory: Path) -> No
     await store.close()
 
     assert list(directory.iterdir()) == []
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (0, 0)

@@ -34,9 +34,14 @@ async def test_each_backend_says_what_it_is(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "message"),
-    [("disk", "directory"), ("redis", "URL"), ("s3", "memory, disk, redis")],
+    [
+        ("disk", r"needs a directory \(IMAGEGEN_STORE_DIR\)"),
+        ("redis", r"needs a URL \(IMAGEGEN_REDIS_URL\)"),
+        ("s3", "one of memory, disk, redis, not 's3'"),
+        ("Memory", "one of memory, disk, redis, not 'Memory'"),
+    ],
 )
-def test_a_bad_choice_is_one_clear_error(backend: str, message: str) -> None:
+def test_a_bad_choice_is_one_clear_error_naming_the_setting(backend: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_store(backend, max_bytes=10)
 
@@ -46,9 +51,11 @@ def test_a_non_positive_budget_is_refused(tmp_path: Path) -> None:
         create_store("memory", max_bytes=0)
 
 
-def test_retention_is_shared_only_with_a_redis_url() -> None:
+async def test_retention_is_shared_only_with_a_redis_url() -> None:
     policy = RetentionPolicy(default_ttl_seconds=60, max_ttl_seconds=60)
-    assert isinstance(create_retention_holder(policy), MemoryRetentionHolder)
-    assert isinstance(
-        create_retention_holder(policy, redis_url="redis://127.0.0.1:1/0"), RedisRetentionHolder
-    )
+    own = create_retention_holder(policy)
+    shared = create_retention_holder(policy, redis_url="redis://127.0.0.1:1/0")
+    assert isinstance(own, MemoryRetentionHolder) and isinstance(shared, RedisRetentionHolder)
+    assert own.current == shared.current == policy  # each starts from the given policy
+    for holder in (own, shared):
+        await holder.stop()  # a holder never started stops cleanly (a failed start-up)

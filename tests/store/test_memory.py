@@ -96,3 +96,13 @@ async def test_deleted_entries_do_not_accumulate_in_the_heap(
 
     assert largest <= 2 * 1000 + 1024 + 1  # live entries twice over, plus the slack
     assert 1 <= rebuilds <= 10_000 // 1024 + 1  # once per ~1024 deletes, not on every one
+
+
+async def test_close_keeps_nothing(clock: FakeClock) -> None:
+    store = MemoryStore(max_bytes=10, clock=clock)
+    token, _ = await store.put(b"x" * 10, "image/png", 60)
+    await store.close()
+
+    assert await store.get(token) is None
+    stats = await store.stats()
+    assert (stats.count, stats.bytes) == (0, 0)

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 
-from store import StoreFull, StoreUnavailable
+from store import StoreFull, StoreUnavailable, redis_retention
 from store.redis import RedisStore
 from store.redis_retention import RedisRetentionHolder
 from store.retention import RetentionPolicy
@@ -159,6 +159,7 @@ async def test_a_retention_change_reaches_every_replica(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="imagegen.audit")
+    caplog.set_level(logging.INFO, logger="store.redis_retention")
     one = RedisRetentionHolder(redis_url, POLICY)
     two = RedisRetentionHolder(redis_url, RetentionPolicy(10, 20))  # its own start-up settings
     await one.start()
@@ -174,6 +175,12 @@ async def test_a_retention_change_reaches_every_replica(
 
     assert two.current == changed  # pushed to the other replica, not only readable there
     assert await two.get() == changed
+    followers = [(r.levelno, r.getMessage()) for r in caplog.records
+                 if r.name == "store.redis_retention"]
+    # two adopted the seeded policy, then the change (one's own follower may have applied
+    # the change before set() did); nothing went wrong on the way
+    assert set(followers) == {(logging.INFO, "retention policy updated from redis")}
+    assert len(followers) >= 2
     audit = [r for r in caplog.records if r.name == "imagegen.audit"]
     assert len(audit) == 1  # logged where the change was made, not once per replica
     assert "admin" in audit[0].getMessage()  # who made it
@@ -209,4 +216,104 @@ async def test_a_retention_change_needs_redis(own_server: RedisServer) -> None:
     with pytest.raises(StoreUnavailable):
         await holder.set(RetentionPolicy(1, 2), actor="admin")
     assert holder.current == POLICY
+    await holder.stop()
+
+
+def retention_log(caplog: pytest.LogCaptureFixture, level: int, about: str = "") -> list[str]:
+    """The follower's messages at level, those containing about."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "store.redis_retention" and r.levelno == level
+            and about in r.getMessage()]
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait for what a background task does; the guard only stops a hang."""
+    async with asyncio.timeout(GUARD_SECONDS):
+        while not condition():
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def test_a_replica_started_before_redis_serves_its_own_policy_then_joins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Start-up does not wait for Redis for long; each outage is one warning however many
+    retries it takes, and one line when Redis is back; the follower rejoins every time."""
+    caplog.set_level(logging.INFO, logger="store.redis_retention")
+    server = RedisServer()  # not running yet
+    holder = RedisRetentionHolder(server.url, POLICY)
+    attempts = 0
+    listen = holder._listen
+
+    async def counted_listen() -> None:  # observes the follower's attempts, changes nothing
+        nonlocal attempts
+        attempts += 1
+        await listen()
+
+    holder._listen = counted_listen  # type: ignore[method-assign]
+    try:
+        async with asyncio.timeout(GUARD_SECONDS):
+            await holder.start()  # gives up waiting for Redis, keeps its own policy
+        assert holder.current == POLICY
+        for outage in (1, 2):
+            seen = attempts
+            await eventually(lambda seen=seen: attempts >= seen + 3, "the follower retries")
+            assert retention_log(caplog, logging.WARNING) == [
+                "retention follower lost redis; retrying"] * outage
+            assert retention_log(caplog, logging.INFO, "follower") == [
+                "retention follower reached redis again"] * (outage - 1)
+            server.start()  # empty: the follower seeds it with its policy, and listens
+            await eventually(lambda outage=outage: retention_log(caplog, logging.INFO, "follower")
+                             == ["retention follower reached redis again"] * outage,
+                             "the follower is back")
+            with redis.Redis.from_url(server.url) as client:
+                assert RetentionPolicy.from_json(client.get("imagegen:retention")) == POLICY
+            other = RedisRetentionHolder(server.url, POLICY)
+            changed = RetentionPolicy(default_ttl_seconds=outage, max_ttl_seconds=60)
+            await other.set(changed, actor="admin")
+            await eventually(lambda changed=changed: holder.current == changed,
+                             "the change reaches it")
+            await other.stop()
+            await holder.set(POLICY, actor="admin")
+            server.stop()
+    finally:
+        server.stop()
+        await holder.stop()
+    await holder.stop()  # stopping twice is harmless
+
+
+async def test_an_invalid_policy_in_redis_is_ignored(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone writes a bad policy by hand: every replica keeps serving the last good one."""
+    caplog.set_level(logging.INFO, logger="store.redis_retention")
+    holder = RedisRetentionHolder(redis_url, POLICY)
+    await holder.start()
+    with redis.Redis.from_url(redis_url) as client:
+        for bad in (b"{not json", b'{"default_ttl_seconds": 0, "max_ttl_seconds": 5}'):
+            client.publish("imagegen:retention", bad)
+        await eventually(lambda: len(retention_log(caplog, logging.WARNING)) == 2,
+                         "both were read")
+        assert holder.current == POLICY
+        assert retention_log(caplog, logging.WARNING) == [
+            "ignored an invalid retention policy in redis"] * 2
+        changed = RetentionPolicy(default_ttl_seconds=5, max_ttl_seconds=5)
+        client.publish("imagegen:retention", changed.to_json())
+    await eventually(lambda: holder.current == changed, "a good one still applies")
+    assert retention_log(caplog, logging.INFO) == ["retention policy updated from redis"]
+    await holder.stop()
+
+
+async def test_a_change_missed_by_the_subscription_is_read_within_the_resync_interval(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy written while a replica was not listening (no message reaches it) is
+    adopted by the periodic re-read, even while no message arrives at all."""
+    monkeypatch.setattr(redis_retention, "RESYNC_SECONDS", 0.2)
+    holder = RedisRetentionHolder(redis_url, POLICY)
+    await holder.start()
+    changed = RetentionPolicy(default_ttl_seconds=7, max_ttl_seconds=7)
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("imagegen:retention", changed.to_json())  # written, never published
+    await eventually(lambda: holder.current == changed, "the re-read adopts it")
     await holder.stop()
