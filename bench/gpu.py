@@ -171,8 +171,8 @@ def bench_architecture(architecture: str, args: argparse.Namespace, workdir: Pat
           f"{service.images_per_second / raw.images_per_second[best]:.3f}   "
           f"service / raw batch 1  {service.images_per_second / raw.images_per_second[1]:.3f}")
     print(f"  service, {2 * best} clients {saturated.images_per_second:8.3f} images/s "
-          f"(mean batch {saturated_served.mean_batch:.2f}), service / raw best "
-          f"{saturated.images_per_second / raw.images_per_second[best]:.3f}")
+          f"(mean batch {saturated_served.mean_batch:.2f}), "
+          f"{saturated.images_per_second / raw.images_per_second[best]:.3f} of raw best")
     if eager is not None:
         print(f"  eager: batch 1 latency {median(eager.latency) * 1000:9.1f} ms, best "
               f"{eager.images_per_second[eager.best]:.3f} images/s (batch {eager.best})")

@@ -117,3 +117,4 @@ def test_the_gpu_benchmark_runs_at_toy_size_on_the_cpu() -> None:
     for architecture in random_sd.ARCHITECTURES:
         assert f"{architecture} (random weights)" in result.stdout
     assert result.stdout.count("service / raw best") == len(random_sd.ARCHITECTURES)
+    assert result.stdout.count(" of raw best") == len(random_sd.ARCHITECTURES)  # 2B clients
