@@ -95,9 +95,9 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # APScheduler logs each sweep at INFO; httpx logs every URL it calls at INFO (and
-    # httpcore each connection at DEBUG): webhook URLs are their subscribers' secrets.
-    for name in ("apscheduler", "httpx", "httpcore"):
+    # httpx logs every URL it calls at INFO (and httpcore each connection at DEBUG):
+    # webhook URLs are their subscribers' secrets. (store/sweeper.py quiets APScheduler.)
+    for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
